@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# pawsight's one entry point for newcomers and CI.
+#   ./run.sh demo [--data DIR]   set up, then download (or use DIR), inspect, train, evaluate, predict
+#   ./run.sh test [PYTEST ARGS]  set up, then lint and run the test suite
+#   ./run.sh bench [NAME]        set up, then run benchmarks/ (prints tables)
+#   ./run.sh setup               only create/refresh the environment in .venv
+# Set-up is skipped when .venv already matches pyproject.toml, so re-runs start at once.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${PAWSIGHT_VENV:-.venv}"
+
+find_python() {
+  for py in python3.11 python3.12 python3.13 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "pawsight needs Python 3.11 or newer (python3.11 recommended: PyTorch wheels exist for it)" >&2
+  return 1
+}
+
+setup() {
+  local stamp
+  stamp="$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.pawsight-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  local py
+  py="$(find_python)"
+  echo "setting up $VENV (first run takes a few minutes: PyTorch is large)" >&2
+  rm -rf "$VENV"
+  "$py" -m venv "$VENV"
+  # PAWSIGHT_PIP_ARGS lets users add e.g. "--extra-index-url https://download.pytorch.org/whl/cpu".
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${PAWSIGHT_PIP_ARGS:-} -e ".[dev]"
+  echo "$stamp" > "$VENV/.pawsight-stamp"
+}
+
+demo() {
+  local data="" out="${PAWSIGHT_RUNS:-runs}"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --data) data="$2"; shift 2 ;;
+      --data=*) data="${1#--data=}"; shift ;;
+      --out) out="$2"; shift 2 ;;
+      *) echo "unknown option for demo: $1" >&2; exit 2 ;;
+    esac
+  done
+  local ps="$VENV/bin/pawsight"
+  if [ -z "$data" ]; then
+    data="$("$ps" data download cats-vs-dogs --print-path)"
+  fi
+  echo "== 1. inspect the data: $data"
+  "$ps" data inspect "$data" --sheet "$out/contact-sheet.png"
+  echo "== 2. classical machine learning: hand-made features + SVM"
+  "$ps" train "$data" --approach classical --out "$out/demo-classical" --overwrite
+  echo "== 3. deep learning: transfer learning from EfficientNet-Lite0 (ImageNet weights, installed locally)"
+  "$ps" train "$data" --approach transfer --out "$out/demo-transfer" --overwrite
+  echo "== 4. evaluate both on the validation pictures"
+  "$ps" evaluate "$out/demo-classical" "$data"
+  "$ps" evaluate "$out/demo-transfer" "$data"
+  echo "== 5. predict a few pictures"
+  local samples
+  samples="$(find "$data" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | tail -n 4)"
+  # shellcheck disable=SC2086
+  "$ps" predict "$out/demo-transfer" $samples
+  echo "== done: run directories are in $out/"
+}
+
+cmd="${1:-help}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; demo "$@" ;;
+  test)
+    setup
+    "$VENV/bin/ruff" check src tests benchmarks
+    "$VENV/bin/python" -m pytest -q "$@"
+    ;;
+  bench) setup; "$VENV/bin/python" benchmarks/run.py "$@" ;;
+  *) sed -n '2,7p' "$0"; [ "$cmd" = help ] ;;
+esac

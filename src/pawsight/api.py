@@ -1,0 +1,224 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import pawsight
+    model, info = pawsight.train("data/", approach="classical", out="runs/hog-svm", model="svm-rbf")
+    pawsight.evaluate("runs/hog-svm", "more_photos/")["accuracy"]
+    pawsight.predict("runs/hog-svm", ["my_cat.jpg"])
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import ImageCache
+from .data import SPLITS, DataSet, Sample, Skip, scan
+from .errors import PawsightError
+from .evaluation import classification_metrics
+from .run import load_model, read_run_info, write_run_info
+
+PathLike = str | os.PathLike[str]
+
+
+def load(run_dir: PathLike):
+    """The trained model saved in `run_dir` (any approach)."""
+    return load_model(run_dir)
+
+
+def train(data: PathLike, approach: str = "transfer", out: PathLike | None = None, *, seed: int = 0,
+          val_fraction: float = 0.2, drop_duplicates: bool = False, resume: bool = False,
+          overwrite: bool = False, cache: ImageCache | None = None, **params: Any):
+    """Train a model of `approach` on the data folder `data`, write the run directory `out`.
+
+    Returns (model, info) where info is what `run.json` holds (metrics, timings, data summary).
+    """
+    from .models.base import make_model
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    out = Path(out) if out is not None else Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume:
+        previous = _resume_params(out)
+        approach, seed, val_fraction = previous["approach"], previous["seed"], previous["val_fraction"]
+        params = {**previous["params"], **params}
+    elif (out / "run.json").exists() or (out / "checkpoint").exists():
+        if not overwrite:
+            raise PawsightError(f"{out} already holds a run; choose another --out, add --overwrite, "
+                                "or --resume it")
+        shutil.rmtree(out)
+    model = make_model(approach, seed=seed, **params) if "seed" in _accepted(approach) else \
+        make_model(approach, **params)
+    prep = model.preprocessing
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_info(out, {"approach": approach, "status": "training", "classes": [], "seed": seed,
+                         "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
+                         "preprocessing": prep.to_dict(), "data": {"root": str(Path(data).resolve())}})
+
+    ds = scan(data, val_fraction=val_fraction, seed=seed)
+    if not ds.split("train"):
+        raise PawsightError(f"{data} has no training images (expected {data}/<class>/ or {data}/train/<class>/)")
+    cache = cache or ImageCache()
+    dropped: list[dict[str, Any]] = []
+    if drop_duplicates:
+        ds, dropped = _drop_duplicates(ds, cache)
+    timings["scan"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    tr = cache.load_samples(ds.split("train"), prep, desc="decoding train")
+    va = cache.load_samples(ds.split("validation"), prep, desc="decoding validation")
+    timings["decode"] = time.perf_counter() - t
+    if len(set(tr.labels.tolist())) < 2:
+        raise PawsightError("fewer than two classes have readable training images; nothing to learn")
+
+    t = time.perf_counter()
+    model.fit(tr.images, tr.labels, va.images if len(va.labels) else None,
+              va.labels if len(va.labels) else None, classes=ds.classes, run_dir=out)
+    timings["fit"] = time.perf_counter() - t
+    timings.update({f"fit.{k}": v for k, v in getattr(model, "timings_", {}).items()})
+
+    metrics: dict[str, Any] = {}
+    if len(va.labels):
+        t = time.perf_counter()
+        proba = model.predict_proba(va.images)
+        timings["evaluate"] = time.perf_counter() - t
+        metrics["validation"] = classification_metrics(va.labels, proba, ds.classes)
+    metrics["train_size"] = len(tr.labels)
+
+    t = time.perf_counter()
+    model.save(out)
+    timings["save"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    info = {
+        "approach": approach, "status": "done", "classes": ds.classes, "seed": seed,
+        "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
+        "preprocessing": prep.to_dict(),
+        "data": {"root": str(Path(data).resolve()), "layout": ds.layout, "counts": ds.counts(),
+                 "skipped": [s.to_dict() for s in ds.skipped + tr.skipped + va.skipped],
+                 "dropped_duplicates": dropped},
+        "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    write_run_info(out, info)
+    return model, info
+
+
+def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
+             cache: ImageCache | None = None) -> dict[str, Any]:
+    """Score a trained run on a data folder. `split`: train, validation, test or all; default: the test split
+    if the folder has one, else validation for pre-split folders, else every picture in the folder."""
+    model = load_model(run_dir)
+    info = read_run_info(run_dir)
+    t0 = time.perf_counter()
+    samples, used_split, ds = _evaluation_samples(data, split, info)
+    classes = list(model.classes_)
+    unknown = [c for c in ds.classes if c not in classes]
+    if unknown:
+        raise PawsightError(f"{data} has class folder(s) the model does not know: {', '.join(unknown)} "
+                            f"(model classes: {', '.join(classes)})")
+    remap = {i: classes.index(c) for i, c in enumerate(ds.classes)}
+    samples = [Sample(s.path, remap[s.label], s.split) for s in samples]
+    decoded = (cache or ImageCache()).load_samples(samples, model.preprocessing, desc="decoding")
+    t = time.perf_counter()
+    proba = model.predict_proba(decoded.images) if len(decoded.labels) else np.zeros((0, len(classes)))
+    seconds_predict = time.perf_counter() - t
+    result = classification_metrics(decoded.labels, proba, classes)
+    result.update(split=used_split, data=str(Path(data)), run=str(run_dir),
+                  skipped=[s.to_dict() for s in ds.skipped + decoded.skipped],
+                  seconds={"predict": round(seconds_predict, 3), "total": round(time.perf_counter() - t0, 3)})
+    return result
+
+
+def predict(run_dir: PathLike, paths: list[PathLike], top_k: int = 1, model=None,
+            cache: ImageCache | None = None) -> tuple[list[dict[str, Any]], list[Skip]]:
+    """Label image files (folders are searched). Returns (predictions, skipped files with reasons)."""
+    from .data import list_files
+
+    model = model or load_model(run_dir)
+    files: list[Path] = []
+    listing_skips: list[Skip] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(list_files(p, listing_skips))
+        else:
+            files.append(p)
+    decoded = (cache or ImageCache()).load(files, model.preprocessing, desc="decoding")
+    proba = model.predict_proba(decoded.images) if len(decoded.paths) else np.zeros((0, len(model.classes_)))
+    k = max(1, min(top_k, len(model.classes_)))
+    out = []
+    for path, p in zip(decoded.paths, proba, strict=True):
+        order = np.argsort(-p)[:k]
+        out.append({"path": str(path), "label": model.classes_[int(order[0])],
+                    "probability": float(p[order[0]]),
+                    "top": [{"label": model.classes_[int(j)], "probability": float(p[j])} for j in order]})
+    return out, listing_skips + decoded.skipped
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+def _accepted(approach: str) -> set[str]:
+    import inspect
+
+    from .models.base import model_class
+
+    return set(inspect.signature(model_class(approach).__init__).parameters)
+
+
+def _resume_params(out: Path) -> dict[str, Any]:
+    import json
+
+    path = out / "run.json"
+    if not path.is_file():
+        raise PawsightError(f"nothing to resume in {out}: no run.json")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError:
+        raise PawsightError(f"{path} is damaged; cannot resume") from None
+    if info.get("status") == "done":
+        raise PawsightError(f"{out} has finished training already; nothing to resume")
+    return {"approach": info["approach"], "seed": info.get("seed", 0),
+            "val_fraction": info.get("val_fraction", 0.2), "params": info.get("params", {})}
+
+
+def _evaluation_samples(data: PathLike, split: str | None, info: dict[str, Any]
+                        ) -> tuple[list[Sample], str, DataSet]:
+    ds = scan(data, val_fraction=0.0)
+    if split in (None, "auto"):
+        if "test" in ds.splits:
+            split = "test"
+        elif ds.layout == "split-folders" and "validation" in ds.splits:
+            split = "validation"
+        else:
+            split = "all"
+    if split == "all":
+        return ds.samples, "all", ds
+    if split not in SPLITS:
+        raise PawsightError(f"unknown split {split!r}; use train, validation, test or all")
+    if ds.layout == "class-folders" and split in ("train", "validation"):
+        # the same seeded split training made, so 'validation' means the held-out pictures
+        ds = scan(data, val_fraction=info.get("val_fraction", 0.2), seed=info.get("seed", 0))
+    samples = ds.split(split)
+    if not samples:
+        raise PawsightError(f"{data} has no '{split}' pictures (splits present: {', '.join(ds.splits)})")
+    return samples, split, ds
+
+
+def _drop_duplicates(ds: DataSet, cache: ImageCache) -> tuple[DataSet, list[dict[str, Any]]]:
+    from .dedup import drop_duplicates
+
+    return drop_duplicates(ds, cache)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

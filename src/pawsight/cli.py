@@ -1,0 +1,212 @@
+"""`pawsight` command line: one set of commands for every approach.
+
+    pawsight data inspect DATA [--json]          what is in a data folder (and warms the decode cache)
+    pawsight data download cats-vs-dogs          fetch a standard data set into the cache
+    pawsight train DATA --approach A --out RUN   train; A = transfer (default), classical or scratch
+    pawsight train --resume RUN                  continue an interrupted training
+    pawsight evaluate RUN DATA [--json]          score a run on labelled pictures
+    pawsight predict RUN IMAGE... [--json]       label new pictures
+
+Errors the user can fix are printed as one line (`error: ...`, exit status 2); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import PawsightError
+
+# CLI option -> model constructor parameter, for options that only some approaches accept.
+MODEL_OPTIONS = {"model": "model", "features": "features", "mode": "mode", "epochs": "epochs",
+                 "time_budget": "time_budget", "device": "device", "weights": "weights", "size": "size",
+                 "search": "search", "batch_size": "batch_size", "lr": "lr", "tta": "tta"}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1h30m' -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or "".join(a + b for a, b in parts) != text.replace(" ", ""):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 10m, 1h30m)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pawsight", description="Image recognition from folders of pictures.")
+    p.add_argument("--version", action="version", version=f"pawsight {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect or download data sets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    ins = dsub.add_parser("inspect", help="classes, counts, bad files, duplicates and leaks of a data folder")
+    ins.add_argument("data", type=Path)
+    ins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ins.add_argument("--sheet", type=Path, default=None,
+                     help="contact sheet PNG to write (default: DATA-contact-sheet.png in the current folder)")
+    ins.add_argument("--size", type=int, default=224, help="working resolution decoded into the cache")
+    ins.add_argument("--val-fraction", type=float, default=0.2)
+    ins.add_argument("--seed", type=int, default=0)
+    dl = dsub.add_parser("download", help="download a standard data set (e.g. cats-vs-dogs)")
+    dl.add_argument("name", help="data set name; 'pawsight data download --list' shows them", nargs="?")
+    dl.add_argument("--list", action="store_true", help="list the known data sets")
+    dl.add_argument("--dir", type=Path, default=None, help="where to keep it (default: the pawsight cache)")
+
+    tr = sub.add_parser("train", help="train a classifier and write a run directory")
+    tr.add_argument("data", type=Path, nargs="?", help="folder of class sub-folders (or train/ validation/)")
+    tr.add_argument("--approach", choices=["transfer", "classical", "scratch"], default=None,
+                    help="transfer learning (default), classical features + scikit-learn, or a CNN from scratch")
+    tr.add_argument("--out", type=Path, default=None, help="run directory to write (default: runs/<approach>-<time>)")
+    tr.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue an interrupted run")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--val-fraction", type=float, default=0.2,
+                    help="share of pictures held out for validation when DATA is not pre-split")
+    tr.add_argument("--drop-duplicates", action="store_true",
+                    help="drop duplicate pictures, conflicting labels and train/validation leaks before training")
+    g = tr.add_argument_group("model options (which ones apply depends on --approach)")
+    g.add_argument("--model", help="classical: svm-rbf, linear-svm, logreg, knn, forest, ...; "
+                                   "transfer: efficientnet_lite0 (default), resnet50, timm:NAME, ...")
+    g.add_argument("--features", help="classical: comma-separated extractors, e.g. hog,color,lbp")
+    g.add_argument("--mode", help="transfer: frozen (default) or finetune")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--time-budget", type=parse_duration, metavar="DURATION",
+                   help="deep learning: plan the schedule to finish in e.g. 10m")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    g.add_argument("--weights", type=Path, help="transfer: a local weights file for the backbone")
+    g.add_argument("--size", type=int, help="working image size in pixels")
+    g.add_argument("--search", action="store_true", default=None,
+                   help="classical: small cross-validated hyper-parameter search")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="deep learning: flip test-time augmentation")
+    tr.add_argument("--json", action="store_true", help="print run.json on stdout when done")
+
+    ev = sub.add_parser("evaluate", help="score a trained run on a folder of class sub-folders")
+    ev.add_argument("run", type=Path)
+    ev.add_argument("data", type=Path)
+    ev.add_argument("--split", default=None, help="train, validation, test or all (default: test if present, "
+                                                  "else validation of a pre-split folder, else all)")
+    ev.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="label new pictures")
+    pr.add_argument("run", type=Path)
+    pr.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    pr.add_argument("--top-k", type=int, default=1)
+    pr.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except PawsightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --size or --batch-size", file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        if args.data_command == "inspect":
+            from .inspect import inspect_command
+
+            return inspect_command(args)
+        from .download import download_command
+
+        return download_command(args)
+    if args.command == "train":
+        return train_command(args)
+    if args.command == "evaluate":
+        return evaluate_command(args)
+    return predict_command(args)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .api import train
+
+    params = {param: getattr(args, opt) for opt, param in MODEL_OPTIONS.items() if getattr(args, opt) is not None}
+    if args.resume is not None:
+        if args.data is None:
+            try:
+                args.data = Path(json.loads((args.resume / "run.json").read_text())["data"]["root"])
+            except (OSError, ValueError, KeyError):
+                raise PawsightError(f"nothing to resume in {args.resume}") from None
+        _, info = train(args.data, out=args.resume, resume=True, **params)
+    else:
+        if args.data is None:
+            raise PawsightError("give the data folder: pawsight train DATA [--approach ...]")
+        _, info = train(args.data, approach=args.approach or "transfer", out=args.out, seed=args.seed,
+                        val_fraction=args.val_fraction, drop_duplicates=args.drop_duplicates,
+                        overwrite=args.overwrite, **params)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_train_summary(info)
+    return 0
+
+
+def print_train_summary(info: dict[str, Any]) -> None:
+    val = info["metrics"].get("validation")
+    counts = info["data"]["counts"]
+    sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
+    print(f"trained {info['approach']} model on {len(info['classes'])} classes ({sizes} pictures) "
+          f"in {info['timings']['total']:.1f} s")
+    if val and val["accuracy"] is not None:
+        print(f"validation accuracy {val['accuracy']:.2%} on {val['n_images']} pictures "
+              f"({val['n_errors']} errors)")
+    skipped = info["data"]["skipped"]
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+        for s in skipped:
+            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from .api import evaluate
+
+    result = evaluate(args.run, args.data, split=args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['run']} on {result['data']} ({result['split']}): accuracy "
+          f"{(result['accuracy'] or 0):.2%} on {result['n_images']} pictures")
+    width = max(len(c) for c in result["classes"])
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for c, m in result["per_class"].items():
+        print(f"{c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for c, row in zip(result["classes"], result["confusion_matrix"], strict=True):
+        print(f"  {c:<{width}}  " + "  ".join(f"{v:5d}" for v in row))
+    for s in result["skipped"]:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from .api import predict
+
+    predictions, skipped = predict(args.run, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({"predictions": predictions, "skipped": [s.to_dict() for s in skipped]}, indent=2))
+    else:
+        for p in predictions:
+            extra = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top"][1:])
+            print(f"{p['path']}\t{p['label']}\t{p['probability']:.3f}" + (f"\t{extra}" if extra else ""))
+        for s in skipped:
+            print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    return 1 if skipped else 0

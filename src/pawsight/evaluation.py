@@ -1,0 +1,34 @@
+"""Scores of a classifier on labelled pictures, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """accuracy, log-loss, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    n = len(y_true)
+    labels = list(range(len(classes)))
+    if n == 0:
+        return {"accuracy": None, "n_images": 0, "per_class": {}, "confusion_matrix": [], "classes": classes}
+    y_pred = proba.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    p_true = np.clip(proba[np.arange(n), y_true], 1e-12, 1.0)
+    return {
+        "accuracy": float((y_pred == y_true).mean()),
+        "n_images": n,
+        "n_errors": int((y_pred != y_true).sum()),
+        "log_loss": float(-np.log(p_true).mean()),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion_matrix": cm.tolist(),
+        "classes": classes,
+    }

@@ -1,0 +1,42 @@
+"""Shared test fixtures: real photos from ../shared/datasets, a private decode cache per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+TINY = DATASETS / "cats_and_dogs_tiny"
+FULL = DATASETS / "cats_and_dogs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test session decodes into its own cache (shared between its tests, so the tiny set decodes once)."""
+    cache = tmp_path_factory.mktemp("pawsight-cache")
+    old = {k: os.environ.get(k) for k in ("PAWSIGHT_CACHE", "PAWSIGHT_PROGRESS")}
+    os.environ["PAWSIGHT_CACHE"] = str(cache)
+    os.environ["PAWSIGHT_PROGRESS"] = "0"
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Path:
+    if not TINY.is_dir():
+        pytest.fail(f"test data missing: {TINY} (the shared/ folder must sit beside the project)")
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def full() -> Path:
+    if not FULL.is_dir():
+        pytest.fail(f"test data missing: {FULL}")
+    return FULL
