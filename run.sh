@@ -21,18 +21,22 @@ find_python() {
 
 setup() {
   local stamp
-  stamp="$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)"
+  stamp="$( (cat pyproject.toml; echo "setup-v1") | sha256sum | cut -c1-16)"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.pawsight-stamp" 2>/dev/null)" = "$stamp" ]; then
     return 0
   fi
-  local py
-  py="$(find_python)"
-  echo "setting up $VENV (first run takes a few minutes: PyTorch is large)" >&2
-  rm -rf "$VENV"
-  "$py" -m venv "$VENV"
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    py="$(find_python)"
+    echo "setting up $VENV (first run takes a few minutes: PyTorch is large)" >&2
+    "$py" -m venv "$VENV"
+  else
+    echo "updating $VENV: pyproject.toml changed" >&2
+  fi
   # PAWSIGHT_PIP_ARGS lets users add e.g. "--extra-index-url https://download.pytorch.org/whl/cpu".
   # shellcheck disable=SC2086
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${PAWSIGHT_PIP_ARGS:-} -e ".[dev]"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${PAWSIGHT_PIP_ARGS:-} -e ".[dev]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$stamp" > "$VENV/.pawsight-stamp"
 }
 

@@ -15,7 +15,7 @@ FULL = DATASETS / "cats_and_dogs"
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Every test session decodes into its own cache (shared between its tests, so the tiny set decodes once)."""
+    """Each test session decodes into its own cache (shared by its tests: the tiny set decodes once)."""
     cache = tmp_path_factory.mktemp("pawsight-cache")
     old = {k: os.environ.get(k) for k in ("PAWSIGHT_CACHE", "PAWSIGHT_PROGRESS")}
     os.environ["PAWSIGHT_CACHE"] = str(cache)

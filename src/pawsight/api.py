@@ -41,27 +41,30 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
     out = Path(out) if out is not None else Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume:
         previous = _resume_params(out)
         approach, seed, val_fraction = previous["approach"], previous["seed"], previous["val_fraction"]
-        params = {**previous["params"], **params}
-    elif (out / "run.json").exists() or (out / "checkpoint").exists():
-        if not overwrite:
-            raise PawsightError(f"{out} already holds a run; choose another --out, add --overwrite, "
-                                "or --resume it")
-        shutil.rmtree(out)
+        params = {k: v for k, v in {**previous["params"], **params}.items() if k != "seed"}  # seed: below
+    elif ((out / "run.json").exists() or (out / "checkpoint").exists()) and not overwrite and main:
+        raise PawsightError(f"{out} already holds a run; choose another --out, add --overwrite, "
+                            "or --resume it")
     model = make_model(approach, seed=seed, **params) if "seed" in _accepted(approach) else \
         make_model(approach, **params)
     prep = model.preprocessing
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_info(out, {"approach": approach, "status": "training", "classes": [], "seed": seed,
-                         "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
-                         "preprocessing": prep.to_dict(), "data": {"root": str(Path(data).resolve())}})
-
     ds = scan(data, val_fraction=val_fraction, seed=seed)
     if not ds.split("train"):
-        raise PawsightError(f"{data} has no training images (expected {data}/<class>/ or {data}/train/<class>/)")
+        raise PawsightError(f"{data} has no training images "
+                            f"(expected {data}/<class>/ or {data}/train/<class>/)")
+    if overwrite and not resume and out.exists() and main:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Written first so an interrupted run can be resumed with the same settings; replaced when done.
+    if main:
+        write_run_info(out, {"approach": approach, "status": "training", "classes": ds.classes, "seed": seed,
+                             "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
+                             "preprocessing": prep.to_dict(), "data": {"root": str(Path(data).resolve())}})
     cache = cache or ImageCache()
     dropped: list[dict[str, Any]] = []
     if drop_duplicates:
@@ -80,6 +83,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
               va.labels if len(va.labels) else None, classes=ds.classes, run_dir=out)
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in getattr(model, "timings_", {}).items()})
+    if not main:
+        return model, {}
 
     metrics: dict[str, Any] = {}
     if len(va.labels):
@@ -94,7 +99,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     timings["save"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     info = {
-        "approach": approach, "status": "done", "classes": ds.classes, "seed": seed,
+        "approach": approach, "classes": ds.classes, "seed": seed,
+        "status": "interrupted" if getattr(model, "interrupted_", False) else "done",
         "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
         "preprocessing": prep.to_dict(),
         "data": {"root": str(Path(data).resolve()), "layout": ds.layout, "counts": ds.counts(),

@@ -84,7 +84,7 @@ class ImageCache:
     def load(self, paths: Sequence[str | os.PathLike[str]], prep: Preprocessing,
              labels: Sequence[int] | None = None, workers: int | None = None,
              desc: str = "decoding") -> Decoded:
-        """Pixels of every readable file in `paths` under `prep`; unreadable files are skipped with a reason."""
+        """Pixels of every readable file in `paths` under `prep`; bad ones are skipped with a reason."""
         paths = [Path(p) for p in paths]
         files = self._read_json(self.root / "files.json")
         meta = self._read_json(self.root / "meta.json")

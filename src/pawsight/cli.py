@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -50,27 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("data", type=Path)
     ins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ins.add_argument("--sheet", type=Path, default=None,
-                     help="contact sheet PNG to write (default: DATA-contact-sheet.png in the current folder)")
+                     help="contact sheet PNG to write (default: DATA-contact-sheet.png here)")
     ins.add_argument("--size", type=int, default=224, help="working resolution decoded into the cache")
     ins.add_argument("--val-fraction", type=float, default=0.2)
     ins.add_argument("--seed", type=int, default=0)
-    dl = dsub.add_parser("download", help="download a standard data set (e.g. cats-vs-dogs)")
+    dl = dsub.add_parser("download", help="download a standard data set (e.g. cats-vs-dogs)",
+                         epilog="Downloads resume after an interruption and are checked (size, SHA-256). "
+                                "Set PAWSIGHT_DATASETS_URL=http://host/path/ to fetch the archives from a "
+                                "mirror instead of the publishers' sites.")
     dl.add_argument("name", help="data set name; 'pawsight data download --list' shows them", nargs="?")
     dl.add_argument("--list", action="store_true", help="list the known data sets")
     dl.add_argument("--dir", type=Path, default=None, help="where to keep it (default: the pawsight cache)")
+    dl.add_argument("--print-path", action="store_true",
+                    help="print only the data folder path on stdout (messages go to stderr), for scripts")
 
     tr = sub.add_parser("train", help="train a classifier and write a run directory")
     tr.add_argument("data", type=Path, nargs="?", help="folder of class sub-folders (or train/ validation/)")
     tr.add_argument("--approach", choices=["transfer", "classical", "scratch"], default=None,
-                    help="transfer learning (default), classical features + scikit-learn, or a CNN from scratch")
-    tr.add_argument("--out", type=Path, default=None, help="run directory to write (default: runs/<approach>-<time>)")
+                    help="transfer learning (default), classical features + scikit-learn, "
+                         "or a CNN from scratch")
+    tr.add_argument("--out", type=Path, default=None,
+                    help="run directory to write (default: runs/<approach>-<time>)")
     tr.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue an interrupted run")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-fraction", type=float, default=0.2,
                     help="share of pictures held out for validation when DATA is not pre-split")
     tr.add_argument("--drop-duplicates", action="store_true",
-                    help="drop duplicate pictures, conflicting labels and train/validation leaks before training")
+                    help="drop duplicate pictures, conflicting labels and train/validation leaks "
+                         "before training")
     g = tr.add_argument_group("model options (which ones apply depends on --approach)")
     g.add_argument("--model", help="classical: svm-rbf, linear-svm, logreg, knn, forest, ...; "
                                    "transfer: efficientnet_lite0 (default), resnet50, timm:NAME, ...")
@@ -118,6 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; try a smaller --size or --batch-size", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line; the traceback goes to a file
+        if os.environ.get("PAWSIGHT_DEBUG"):
+            raise
+        log = save_traceback()
+        print(f"error: unexpected {type(exc).__name__}: {exc} (details in {log}; please report it)",
+              file=sys.stderr)
+        return 1
+
+
+def save_traceback() -> Path:
+    import tempfile
+    import traceback
+
+    fd, name = tempfile.mkstemp(prefix="pawsight-error-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    return Path(name)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -139,7 +165,8 @@ def run_command(args: argparse.Namespace) -> int:
 def train_command(args: argparse.Namespace) -> int:
     from .api import train
 
-    params = {param: getattr(args, opt) for opt, param in MODEL_OPTIONS.items() if getattr(args, opt) is not None}
+    params = {param: getattr(args, opt) for opt, param in MODEL_OPTIONS.items()
+              if getattr(args, opt) is not None}
     if args.resume is not None:
         if args.data is None:
             try:
@@ -153,6 +180,8 @@ def train_command(args: argparse.Namespace) -> int:
         _, info = train(args.data, approach=args.approach or "transfer", out=args.out, seed=args.seed,
                         val_fraction=args.val_fraction, drop_duplicates=args.drop_duplicates,
                         overwrite=args.overwrite, **params)
+    if not info:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -160,7 +160,7 @@ def check_classes(root: Path, classes: list[str], per_split: dict[str, dict[str,
 
 
 def split_samples(samples: list[Sample], fraction: float, seed: int, from_split: str) -> list[Sample]:
-    """Move a stratified, seeded `fraction` of `from_split` into validation; the same call gives the same split.
+    """Move a stratified, seeded `fraction` of `from_split` into validation; same call, same split.
 
     The order is derived from file names (not listing order), so adding files elsewhere does not reshuffle.
     """

@@ -55,6 +55,9 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
     from .models.base import model_class
 
     info = read_run_info(run_dir)
+    if info.get("status") not in ("done", "interrupted"):
+        raise PawsightError(f"training in {run_dir} did not finish (status: {info.get('status', '?')}); "
+                            f"continue it with 'pawsight train --resume {run_dir}'")
     cls = model_class(info["approach"])
     try:
         model = cls.load(Path(run_dir))

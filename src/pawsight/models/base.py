@@ -14,6 +14,7 @@ learned state has a trailing underscore.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,22 +68,17 @@ class ImageClassifier:
         raise NotImplementedError
 
 
-def _registry() -> dict[str, type[ImageClassifier]]:
-    # Imported lazily so `pawsight data ...` never pays for torch or scikit-learn imports.
-    from .classical import ClassicalClassifier
-    from .scratch import ScratchCNN
-    from .transfer import TransferClassifier
-
-    return {c.approach: c for c in (ClassicalClassifier, TransferClassifier, ScratchCNN)}
-
-
-APPROACHES = ("classical", "transfer", "scratch")
+# approach -> (module, class). Imported lazily, so `pawsight data ...` never pays for torch or scikit-learn.
+APPROACHES = {"classical": ("classical", "ClassicalClassifier"),
+              "transfer": ("transfer", "TransferClassifier"),
+              "scratch": ("scratch", "ScratchCNN")}
 
 
 def model_class(approach: str) -> type[ImageClassifier]:
     if approach not in APPROACHES:
         raise PawsightError(f"unknown approach {approach!r}; choose one of: {', '.join(APPROACHES)}")
-    return _registry()[approach]
+    module, name = APPROACHES[approach]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def make_model(approach: str, **params: Any) -> ImageClassifier:
