@@ -52,7 +52,11 @@ demo() {
   done
   local ps="$VENV/bin/pawsight"
   if [ -z "$data" ]; then
-    data="$("$ps" data download cats-vs-dogs --print-path)"
+    if ! data="$("$ps" data download cats-vs-dogs --print-path)"; then
+      echo "could not download the Cats vs Dogs pictures; offline, point the demo at a folder you have:" >&2
+      echo "  ./run.sh demo --data DIR    (DIR holds one sub-folder of pictures per class)" >&2
+      exit 1
+    fi
   fi
   echo "== 1. inspect the data: $data"
   "$ps" data inspect "$data" --sheet "$out/contact-sheet.png"
@@ -65,7 +69,7 @@ demo() {
   "$ps" evaluate "$out/demo-transfer" "$data"
   echo "== 5. predict a few pictures"
   local samples
-  samples="$(find "$data" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | tail -n 4)"
+  samples="$(find "$data" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | sed -n '1,2p;$p')"
   # shellcheck disable=SC2086
   "$ps" predict "$out/demo-transfer" $samples
   echo "== done: run directories are in $out/"

@@ -68,7 +68,7 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     cache = cache or ImageCache()
     dropped: list[dict[str, Any]] = []
     if drop_duplicates:
-        ds, dropped = _drop_duplicates(ds, cache)
+        ds, dropped = _drop_duplicates(ds, cache, prep)
     timings["scan"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -212,10 +212,10 @@ def _evaluation_samples(data: PathLike, split: str | None, info: dict[str, Any]
     return samples, split, ds
 
 
-def _drop_duplicates(ds: DataSet, cache: ImageCache) -> tuple[DataSet, list[dict[str, Any]]]:
+def _drop_duplicates(ds: DataSet, cache: ImageCache, prep) -> tuple[DataSet, list[dict[str, Any]]]:
     from .dedup import drop_duplicates
 
-    return drop_duplicates(ds, cache)
+    return drop_duplicates(ds, cache, prep)
 
 
 def _jsonable(obj: Any) -> Any:
