@@ -24,6 +24,15 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+def test_set_params_are_typed() -> None:
+    from pawsight.cli import parse_set_params
+
+    assert parse_set_params(["pca=256", "C=0.5", "flip=false", "model=knn", "weights=none"]) == {
+        "pca": 256, "C": 0.5, "flip": False, "model": "knn", "weights": None}
+    with pytest.raises(PawsightError, match="NAME=VALUE"):
+        parse_set_params(["pca"])
+
+
 def test_parse_duration_rejects_garbage() -> None:
     import argparse
 
@@ -73,3 +82,10 @@ def test_unknown_approach_option_is_clear_error(tmp_path: Path, tiny: Path) -> N
                      "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "has no option(s) epochs" in result.stderr
+
+
+def test_unknown_set_param_lists_accepted_ones(tmp_path: Path, tiny: Path) -> None:
+    result = run_cli("train", str(tiny), "--approach", "classical", "--set", "gamma=2",
+                     "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no option(s) gamma" in result.stderr and "pca" in result.stderr

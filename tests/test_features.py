@@ -137,7 +137,7 @@ def test_cache_survives_damaged_shards():
     X = noise(3, seed=4321)
     lbp = F.LBP(size=64)
     F.compute(lbp, X, n_jobs=1)
-    for shard in F.FeatureCache(lbp).dir.glob("*.npy"):
+    for shard in F.feature_store(lbp).dir.glob("*.npy"):
         shard.write_bytes(b"garbage")
     values, computed = F.compute(lbp, X, n_jobs=1)
     assert computed == 3 and values.shape == (3, 140)

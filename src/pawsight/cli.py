@@ -40,6 +40,25 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
+def parse_set_params(items: list[str]) -> dict[str, Any]:
+    """['pca=256', 'flip=false', 'model=knn'] -> {'pca': 256, 'flip': False, 'model': 'knn'}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise PawsightError(f"--set takes NAME=VALUE, got {item!r}")
+        low = text.strip().lower()
+        if low in ("true", "false", "none", "null"):
+            value: Any = {"true": True, "false": False}.get(low)
+        else:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+        out[name.strip()] = value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pawsight", description="Image recognition from folders of pictures.")
     p.add_argument("--version", action="version", version=f"pawsight {__version__}")
@@ -97,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float)
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="deep learning: flip test-time augmentation")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="set_params",
+                   help="any other model parameter, e.g. --set pca=256 --set C=3 --set flip=false "
+                        "(repeatable; the error for an unknown NAME lists what the approach accepts)")
     tr.add_argument("--json", action="store_true", help="print run.json on stdout when done")
 
     ev = sub.add_parser("evaluate", help="score a trained run on a folder of class sub-folders")
@@ -167,6 +189,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     params = {param: getattr(args, opt) for opt, param in MODEL_OPTIONS.items()
               if getattr(args, opt) is not None}
+    params.update(parse_set_params(args.set_params))
     if args.resume is not None:
         if args.data is None:
             try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 from .cache import default_cache_dir, default_workers
 from .errors import PawsightError
 from .progress import bar
-from .storage import atomic_write_bytes, atomic_write_json
+from .storage import RowStore
 
 
 class Extractor:
@@ -380,50 +379,9 @@ def row_hashes(X: np.ndarray) -> list[str]:
     return [hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).hexdigest() for x in X]
 
 
-class FeatureCache:
-    """Cached rows of one extractor's features, keyed by pixel hashes (see the module docstring)."""
-
-    def __init__(self, extractor: Extractor, root: str | Path | None = None) -> None:
-        self.dir = Path(root or default_cache_dir()) / "features" / "classical" / extractor.key
-
-    def get(self, keys: list[str]) -> tuple[dict[int, np.ndarray], list[int]]:
-        """({position: row} for cached keys, positions of the missing ones)."""
-        where: dict[str, tuple[Path, int]] = {}
-        for index in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
-            try:
-                names = json.loads(index.read_text())
-            except (OSError, ValueError):
-                continue  # a damaged index only costs a recomputation
-            if isinstance(names, list):
-                where.update({k: (index.with_suffix(".npy"), row) for row, k in enumerate(names)})
-        shards: dict[Path, np.ndarray | None] = {}
-        found: dict[int, np.ndarray] = {}
-        missing: list[int] = []
-        for i, k in enumerate(keys):
-            path, row = where.get(k, (None, -1))
-            if path is not None and path not in shards:
-                try:
-                    shards[path] = np.load(path, mmap_mode="r", allow_pickle=False)
-                except (OSError, ValueError):
-                    shards[path] = None
-            shard = shards.get(path) if path is not None else None
-            if shard is None or shard.ndim != 2 or row >= len(shard):
-                missing.append(i)
-            else:
-                found[i] = np.array(shard[row])
-        return found, missing
-
-    def put(self, keys: list[str], rows: np.ndarray) -> None:
-        if not keys:
-            return
-        shard = hashlib.blake2b("".join(keys).encode(), digest_size=10).hexdigest()
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(rows, np.float32), allow_pickle=False)
-        try:
-            atomic_write_bytes(self.dir / f"{shard}.npy", buf.getvalue())
-            atomic_write_json(self.dir / f"{shard}.json", keys)
-        except OSError:
-            pass  # a read-only or full cache must not stop training or prediction
+def feature_store(extractor: Extractor, root: str | Path | None = None) -> RowStore:
+    """Where one extractor's features are cached (see the module docstring)."""
+    return RowStore(Path(root or default_cache_dir()) / "features" / "classical" / extractor.key)
 
 
 def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, cache: bool = True,
@@ -432,7 +390,7 @@ def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, c
     X = np.asarray(X, dtype=np.uint8)
     if X.ndim != 4 or X.shape[-1] != 3:
         raise PawsightError(f"features take RGB pictures as an (n, height, width, 3) array, got {X.shape}")
-    store = FeatureCache(extractor) if cache else None
+    store = feature_store(extractor) if cache else None
     keys = hashes if hashes is not None else (row_hashes(X) if store else [])
     found, missing = store.get(keys) if store else ({}, list(range(len(X))))
     new = run_parallel(extractor.extract_one, X[missing], n_jobs, desc=f"{extractor.name} features",

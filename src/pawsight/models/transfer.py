@@ -39,7 +39,7 @@ from ..backbones import DEFAULT_BACKBONE, BackboneSpec, FeatureExtractor, resolv
 from ..cache import default_cache_dir
 from ..errors import PawsightError
 from ..images import Preprocessing
-from ..storage import atomic_write_bytes, atomic_write_json
+from ..storage import RowStore, atomic_write_bytes, atomic_write_json
 from .base import ImageClassifier
 
 FORMAT = 1
@@ -198,9 +198,12 @@ class TransferClassifier(ImageClassifier):
         if X.ndim != 4 or X.shape[1:] != (size, size, 3):
             raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
                                 f"{X.shape}")
-        store = FeatureStore(self.spec_, self.preprocessing, flip)
+        store = feature_store(self.spec_, self.preprocessing, flip)
         keys = [hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest() for x in X]
-        out, missing = store.get(keys)
+        found, missing = store.get(keys)
+        out = np.zeros((len(X), self.spec_.num_features), np.float32)
+        for i, row in found.items():
+            out[i] = row
         if missing:
             new = self._extractor()(X[missing], flip=flip)
             out[missing] = new
@@ -374,52 +377,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # -- the feature cache ------------------------------------------------------------------------------------
 
-class FeatureStore:
-    """Cached backbone features: `<cache>/features/<arch>-<weights hash>-<prep>[-flip]/` holds shards:
-    `<id>.npy` (rows of float32 features) + `<id>.json` (the pixel hashes of those rows). The .json is written
-    after the .npy, both atomically, so a shard either exists whole or is ignored."""
-
-    def __init__(self, spec: BackboneSpec, prep: Preprocessing, flip: bool) -> None:
-        name = f"{spec.arch}-{spec.weights_hash[:16]}-{prep.key}" + ("-flip" if flip else "")
-        self.dir = default_cache_dir() / "features" / name
-        self.dim = spec.num_features
-
-    def get(self, keys: list[str]) -> tuple[np.ndarray, list[int]]:
-        out = np.zeros((len(keys), self.dim), np.float32)
-        where: dict[str, tuple[Path, int]] = {}
-        for index in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
-            try:
-                names = json.loads(index.read_text())
-            except (OSError, ValueError):
-                continue
-            where.update({k: (index.with_suffix(".npy"), row) for row, k in enumerate(names)})
-        shards: dict[Path, Any] = {}
-        missing = []
-        for i, k in enumerate(keys):
-            if k not in where:
-                missing.append(i)
-                continue
-            path, row = where[k]
-            if path not in shards:
-                try:
-                    shards[path] = np.load(path, mmap_mode="r", allow_pickle=False)
-                except (OSError, ValueError):
-                    shards[path] = None
-            shard = shards[path]
-            if shard is None or shard.ndim != 2 or shard.shape[1] != self.dim or row >= len(shard):
-                missing.append(i)
-            else:
-                out[i] = shard[row]
-        return out, missing
-
-    def put(self, keys: list[str], feats: np.ndarray) -> None:
-        import io
-
-        shard = hashlib.blake2b("".join(keys).encode(), digest_size=10).hexdigest()
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(feats, np.float32), allow_pickle=False)
-        try:
-            atomic_write_bytes(self.dir / f"{shard}.npy", buf.getvalue())
-            atomic_write_json(self.dir / f"{shard}.json", keys)
-        except OSError:
-            pass  # a read-only or full cache costs speed next time, never the result
+def feature_store(spec: BackboneSpec, prep: Preprocessing, flip: bool) -> RowStore:
+    """Cached backbone features: `<cache>/features/<arch>-<weights hash>-<prep>[-flip]/`."""
+    name = f"{spec.arch}-{spec.weights_hash[:16]}-{prep.key}" + ("-flip" if flip else "")
+    return RowStore(default_cache_dir() / "features" / name, dim=spec.num_features)
