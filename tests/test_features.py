@@ -38,8 +38,9 @@ def test_registry_and_parsing():
 @pytest.mark.parametrize(("extractor", "dim"), [
     (F.HOG(size=64), 7 * 7 * 2 * 2 * 9),
     (F.HOG(size=64, cells=(8, 16)), 7 * 7 * 36 + 3 * 3 * 36),
-    (F.ColorHistogram(), 5 * 12 * 3 * 3),
-    (F.LBP(size=64), 5 * (10 + 18)),
+    (F.ColorHistogram(), 14 * 12 * 3 * 3),
+    (F.ColorHistogram(levels=(1, 2)), 5 * 12 * 3 * 3),
+    (F.LBP(size=64), 14 * (10 + 18)),
 ])
 def test_shapes_and_determinism(extractor, dim):
     X = noise(3)
@@ -60,7 +61,7 @@ def test_hog_vertical_edge_is_a_horizontal_gradient():
 
 @pytest.mark.parametrize(("rgb", "hue_bin"), [((255, 0, 0), 0), ((0, 255, 0), 4), ((0, 0, 255), 8)])
 def test_color_histogram_of_a_pure_colour(rgb, hue_bin):
-    h = F.ColorHistogram().extract_one(flat(rgb)).reshape(5, 12, 3, 3)  # cells, hue, saturation, value
+    h = F.ColorHistogram().extract_one(flat(rgb)).reshape(14, 12, 3, 3)  # cells, hue, sat., value
     expected = np.zeros((12, 3, 3))
     expected[hue_bin, 2, 2] = 1.0  # fully saturated and bright
     for cell in h:
@@ -70,13 +71,13 @@ def test_color_histogram_of_a_pure_colour(rgb, hue_bin):
 def test_color_histogram_is_spatial():
     image = flat((255, 0, 0))
     image[:, 32:] = (0, 0, 255)  # red left, blue right
-    h = F.ColorHistogram().extract_one(image).reshape(5, 12, 3, 3).sum(axis=(2, 3))
+    h = F.ColorHistogram(levels=(1, 2)).extract_one(image).reshape(5, 12, 3, 3).sum(axis=(2, 3))
     assert h[0, 0] > 0 and h[0, 8] > 0  # whole picture: both colours
     assert h[1, 0] == 1 and h[1, 8] == 0 and h[2, 8] == 1 and h[2, 0] == 0  # top-left red, top-right blue
 
 
 def test_lbp_of_a_flat_image_is_all_in_the_flat_bin():
-    lbp = F.LBP(size=64).extract_one(flat((90, 90, 90)))
+    lbp = F.LBP(size=64, levels=(1, 2)).extract_one(flat((90, 90, 90)))
     first, second = lbp[:5 * 10].reshape(5, 10), lbp[5 * 10:].reshape(5, 18)
     assert (first[:, 8] == 1).all() and (np.delete(first, 8, axis=1) == 0).all()
     assert (second[:, 16] == 1).all() and (np.delete(second, 16, axis=1) == 0).all()
@@ -140,7 +141,7 @@ def test_cache_survives_damaged_shards():
     for shard in F.feature_store(lbp).dir.glob("*.npy"):
         shard.write_bytes(b"garbage")
     values, computed = F.compute(lbp, X, n_jobs=1)
-    assert computed == 3 and values.shape == (3, 140)
+    assert computed == 3 and values.shape == (3, 14 * 28)
 
 
 def test_concatenation_and_parallel_order():
@@ -148,7 +149,7 @@ def test_concatenation_and_parallel_order():
     extractors = F.parse_features("hog,color")
     extractors[0] = F.HOG(size=64)
     both = F.extract(extractors, X, n_jobs=2, cache=False)
-    assert both.shape == (10, 1764 + 540)
+    assert both.shape == (10, 1764 + 14 * 108)
     one_by_one = np.stack([np.concatenate([e.extract_one(x) for e in extractors]) for x in X])
     np.testing.assert_array_equal(both, one_by_one)
 

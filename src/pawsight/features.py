@@ -141,7 +141,7 @@ class HOG(Extractor):
 
 
 class ColorHistogram(Extractor):
-    """Joint HSV colour histograms over a spatial pyramid (whole image + 2 x 2 grid by default).
+    """Joint HSV colour histograms over a spatial pyramid (whole image + 2 x 2 + 3 x 3 grids by default).
 
     Hue is shifted by half a bin so pure red sits in the middle of bin 0 rather than split over the wrap.
     Layout per cell: (hue, saturation, value) bins flattened, each cell Hellinger-normalised.
@@ -149,8 +149,10 @@ class ColorHistogram(Extractor):
 
     name = "color"
 
+    # levels (1, 2, 3) rather than (1, 2): +1.4 points of 3-fold cross-validated accuracy on the training
+    # split for the default recipe, together with LBP's (benchmarks/bench_classical.py --cv)
     def __init__(self, bins: tuple[int, int, int] | list[int] = (12, 3, 3),
-                 levels: tuple[int, ...] | list[int] = (1, 2)) -> None:
+                 levels: tuple[int, ...] | list[int] = (1, 2, 3)) -> None:
         self.bins = tuple(int(b) for b in bins)
         self.levels = tuple(int(g) for g in levels)
 
@@ -177,7 +179,7 @@ class LBP(Extractor):
 
     def __init__(self, size: int = 128,
                  radii: tuple[tuple[int, int], ...] | list[list[int]] = ((8, 1), (16, 2)),
-                 levels: tuple[int, ...] | list[int] = (1, 2)) -> None:
+                 levels: tuple[int, ...] | list[int] = (1, 2, 3)) -> None:
         self.size = size
         self.radii = tuple((int(p), int(r)) for p, r in radii)
         self.levels = tuple(int(g) for g in levels)
