@@ -1,0 +1,262 @@
+"""ImageCache on the zoo of odd and hostile files: nothing lost, nothing raised, never a wrong picture."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hostile import HOSTILE, make_zoo
+from pawsight.cache import ImageCache
+from pawsight.images import Preprocessing
+
+PREP = Preprocessing(32)
+REASONS = {"empty.jpg": "empty", "truncated.jpg": "truncated", "garbled.jpg": "not an image",
+           "text.png": "not an image", "dangling.jpg": "dangling", "loop-a.jpg": "loop", "loop-b.jpg": "loop",
+           "folder.jpg": "directory", "bomb.png": "too large"}
+OS_UNREADABLE = {"dangling.jpg", "loop-a.jpg", "loop-b.jpg", "folder.jpg"}  # no bytes to hash: not cached
+
+
+@pytest.fixture()
+def zoo(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
+    valid, hostile = make_zoo(tmp_path / "zoo")
+    return tmp_path / "zoo", sorted(valid), sorted(hostile)
+
+
+def expected(path: Path, prep: Preprocessing = PREP) -> np.ndarray:
+    """What the cache must return for `path`: the uncached reference pipeline."""
+    return prep.load(path)
+
+
+def pool_file(cache: ImageCache, prep: Preprocessing = PREP) -> Path:
+    return cache.root / "pixels" / prep.key / "pool.u8"
+
+
+def test_zoo_every_valid_kept_every_hostile_skipped(tmp_path: Path, zoo) -> None:
+    folder, valid, hostile = zoo
+    assert set(hostile) == set(HOSTILE)
+    paths = [folder / n for n in sorted(valid + hostile)]  # interleaved on purpose
+    cache = ImageCache(tmp_path / "cache")
+    out = cache.load(paths, PREP, labels=list(range(len(paths))))
+    assert [p.name for p in out.paths] == [p.name for p in paths if p.name in valid]
+    assert out.images.shape == (len(valid), 32, 32, 3) and out.images.dtype == np.uint8
+    assert out.decoded == len(paths) - len(OS_UNREADABLE)
+    for p, img, label in zip(out.paths, out.images, out.labels, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+        assert paths[label] == p  # labels follow their files
+    reasons = {Path(s.path).name: s.reason for s in out.skipped}
+    assert set(reasons) == set(hostile)
+    for name, word in REASONS.items():
+        assert word in reasons[name].lower(), (name, reasons[name])
+    for m, p in zip(out.meta, out.paths, strict=True):
+        assert {"format", "mode", "width", "height", "phash"} <= set(m), p
+        assert len(m["phash"]) == 16 and int(m["phash"], 16) >= 0
+    assert len(set(out.hashes)) == len(valid) - 1  # photo.png and png-named.jpg: same bytes, one entry
+
+
+def test_second_load_is_all_hits_with_identical_pixels(tmp_path: Path, zoo) -> None:
+    folder, valid, hostile = zoo
+    paths = [folder / n for n in valid + hostile]
+    cache = ImageCache(tmp_path / "cache")
+    first = cache.load(paths, PREP)
+    size = pool_file(cache).stat().st_size
+    second = ImageCache(tmp_path / "cache").load(paths, PREP)
+    assert second.decoded == 0
+    np.testing.assert_array_equal(first.images, second.images)
+    assert first.paths == second.paths and first.hashes == second.hashes and first.meta == second.meta
+    assert [s.to_dict() for s in first.skipped] == [s.to_dict() for s in second.skipped]
+    assert pool_file(cache).stat().st_size == size
+
+
+def test_order_subsets_and_duplicates(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    cache = ImageCache(tmp_path / "cache")
+    cache.load(paths, PREP)
+    for chosen in (paths[::-1], paths[::3], [paths[2], paths[2], paths[0]], paths[4:9]):
+        out = cache.load(chosen, PREP)
+        assert out.decoded == 0 and out.paths == chosen
+        for p, img in zip(chosen, out.images, strict=True):
+            np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+    assert cache.load([], PREP).images.shape == (0, 32, 32, 3)
+
+
+def test_returned_pixels_are_private(tmp_path: Path, zoo) -> None:
+    """The array may map the pool file (rows stored in order); writing into it must never change the cache."""
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid if n != "png-named.jpg"]  # distinct contents: one contiguous run
+    cache = ImageCache(tmp_path / "cache")
+    out = cache.load(paths, PREP)
+    ref = out.images.copy()
+    out.images[:] = 7
+    np.testing.assert_array_equal(cache.load(paths, PREP).images, ref)
+
+
+def test_modified_file_redecodes_exactly_that_one(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    cache = ImageCache(tmp_path / "cache")
+    cache.load(paths, PREP)
+    target = folder / "photo.png"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(target)
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    out = cache.load(paths, PREP)
+    assert out.decoded == 1
+    row = out.paths.index(target)
+    assert (out.images[row] == (10, 200, 30)).all()
+    for p, img in zip(out.paths, out.images, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+
+
+def test_rename_costs_no_decode_and_no_new_row(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    cache = ImageCache(tmp_path / "cache")
+    before = cache.load(paths, PREP)
+    size = pool_file(cache).stat().st_size
+    renamed = folder / "renamed.jpg"
+    (folder / "photo.jpg").rename(renamed)
+    paths = [renamed if p.name == "photo.jpg" else p for p in paths]
+    after = cache.load(paths, PREP)
+    assert after.decoded == 0  # re-read and re-hashed, not decoded
+    assert pool_file(cache).stat().st_size == size
+    np.testing.assert_array_equal(after.images, before.images)
+    assert cache.load(paths, PREP).decoded == 0
+
+
+def test_copy_of_a_file_shares_its_row(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    cache = ImageCache(tmp_path / "cache")
+    cache.load([folder / "photo.jpg"], PREP)
+    size = pool_file(cache).stat().st_size
+    (folder / "copy.jpg").write_bytes((folder / "photo.jpg").read_bytes())
+    out = cache.load([folder / "photo.jpg", folder / "copy.jpg"], PREP)
+    assert out.decoded == 0 and out.hashes[0] == out.hashes[1]
+    assert pool_file(cache).stat().st_size == size
+
+
+def test_two_sizes_kept_apart(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    cache = ImageCache(tmp_path / "cache")
+    small, big = Preprocessing(32), Preprocessing(48, "squash")
+    a = cache.load(paths, small)
+    b = cache.load(paths, big)
+    assert a.images.shape[1:] == (32, 32, 3) and b.images.shape[1:] == (48, 48, 3)
+    assert b.decoded == len(valid)
+    assert cache.load(paths, small).decoded == 0 and cache.load(paths, big).decoded == 0
+    for p, x, y in zip(paths, cache.load(paths, small).images, cache.load(paths, big).images, strict=True):
+        np.testing.assert_array_equal(x, expected(p, small))
+        np.testing.assert_array_equal(y, expected(p, big))
+    assert pool_file(cache, small) != pool_file(cache, big)
+
+
+def test_torn_pool_write_is_survived(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    first, rest = [folder / n for n in valid[:5]], [folder / n for n in valid[5:]]
+    cache = ImageCache(tmp_path / "cache")
+    cache.load(first, PREP)
+    with open(pool_file(cache), "ab") as fh:  # an interrupted writer left half a row
+        fh.write(b"\x99" * 1000)
+    out = cache.load(first, PREP)
+    assert out.decoded == 0
+    out = cache.load(first + rest, PREP)
+    assert out.decoded == len(rest)
+    assert pool_file(cache).stat().st_size % (32 * 32 * 3) == 0
+    for p, img in zip(out.paths, out.images, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[1, 2, 3]", b""])
+def test_damaged_index_is_rebuilt(tmp_path: Path, zoo, damage: bytes) -> None:
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    cache = ImageCache(tmp_path / "cache")
+    cache.load(paths, PREP)
+    (pool_file(cache).parent / "index.json").write_bytes(damage)
+    out = cache.load(paths, PREP)
+    assert out.decoded == len(valid)
+    for p, img in zip(out.paths, out.images, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+    assert cache.load(paths, PREP).decoded == 0
+
+
+def test_index_pointing_past_the_pool_is_not_trusted(tmp_path: Path, zoo) -> None:
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    cache = ImageCache(tmp_path / "cache")
+    cache.load(paths, PREP)
+    with open(pool_file(cache), "r+b") as fh:  # pool lost its tail (e.g. restored from an old backup)
+        fh.truncate(3 * 32 * 32 * 3)
+    out = cache.load(paths, PREP)
+    assert out.decoded == len(valid) - 3
+    for p, img in zip(out.paths, out.images, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+
+
+@pytest.mark.parametrize("name", ["meta.json", "files.json"])
+def test_damaged_meta_or_files_is_rebuilt(tmp_path: Path, zoo, name: str) -> None:
+    folder, valid, hostile = zoo
+    paths = [folder / n for n in valid + hostile]
+    cache = ImageCache(tmp_path / "cache")
+    first = cache.load(paths, PREP)
+    (cache.root / name).write_text('{"truncated": ')
+    out = cache.load(paths, PREP)
+    np.testing.assert_array_equal(out.images, first.images)
+    assert out.meta == first.meta
+    assert {s.path for s in out.skipped} == {s.path for s in first.skipped}
+    assert json.loads((cache.root / name).read_text())  # rewritten whole
+    assert cache.load(paths, PREP).decoded == 0
+
+
+def test_concurrent_writers(tmp_path: Path, zoo) -> None:
+    """Two loaders (own ImageCache objects, as in two processes) filling one cache at once."""
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    results: dict[int, object] = {}
+
+    def run(k: int) -> None:
+        order = paths if k % 2 else paths[::-1]
+        results[k] = ImageCache(tmp_path / "cache").load(order, PREP, workers=2)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    out = ImageCache(tmp_path / "cache").load(paths, PREP)
+    assert out.decoded == 0
+    for p, img in zip(out.paths, out.images, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+    rows = pool_file(ImageCache(tmp_path / "cache")).stat().st_size // (32 * 32 * 3)
+    assert rows <= 4 * len(valid)  # races may waste a few rows, never more than one per writer and file
+
+
+def hamming(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def test_phash_finds_resized_reencoded_copies(tmp_path: Path, tiny: Path) -> None:
+    originals = [p for cls in ("cats", "dogs") for p in sorted((tiny / "train" / cls).iterdir())[:4]]
+    copies = []
+    for k, src in enumerate(originals):
+        with Image.open(src) as im:
+            w, h = im.size
+            dst = tmp_path / f"copy{k}.jpg"
+            im.convert("RGB").resize((w * 2 // 3, h * 2 // 3), Image.BICUBIC).save(dst, "JPEG", quality=60)
+            copies.append(dst)
+    out = ImageCache(tmp_path / "cache").load(originals + copies, Preprocessing(64))
+    assert len(out.paths) == 16
+    ph = [m["phash"] for m in out.meta]
+    n = len(originals)
+    for k in range(n):
+        assert hamming(ph[k], ph[n + k]) <= 4, originals[k].name
+    others = [hamming(ph[a], ph[b]) for a in range(n) for b in range(a + 1, n)]
+    assert min(others) > 4  # different photos are not near-duplicates
