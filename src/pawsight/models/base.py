@@ -14,8 +14,10 @@ learned state has a trailing underscore.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from ..errors import PawsightError
 from ..images import Preprocessing
+from ..storage import atomic_write_bytes, atomic_write_json
 
 
 class ImageClassifier:
@@ -66,6 +69,41 @@ class ImageClassifier:
     @classmethod
     def load(cls, directory: Path) -> ImageClassifier:
         raise NotImplementedError
+
+
+def write_model_files(directory: Path, blob: bytes, description: dict[str, Any]) -> None:
+    """Write `model.safetensors` (the tensors) and `model.json` (everything else, plus the tensors' SHA-256,
+    so a damaged or swapped weights file is caught on load)."""
+    directory = Path(directory)
+    atomic_write_bytes(directory / "model.safetensors", blob)
+    checksum = {"safetensors_sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write_json(directory / "model.json", {**description, **checksum}, indent=1)
+
+
+def read_model_files(directory: Path, approach: str, fmt: int) -> tuple[dict[str, Any], bytes]:
+    """`model.json` and the checked `model.safetensors` bytes of a model written by `write_model_files`.
+
+    Anything that is not a `fmt` model of `approach` with intact tensors is a one-sentence PawsightError;
+    a missing file raises FileNotFoundError (the run loader names it)."""
+    directory = Path(directory)
+    try:
+        description = json.loads((directory / "model.json").read_text())
+        blob = (directory / "model.safetensors").read_bytes()
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise PawsightError(f"{directory}/model.json is damaged (not JSON: {exc})") from None
+    except OSError as exc:
+        raise PawsightError(f"cannot read the {approach} model in {directory}: {exc}") from None
+    if not isinstance(description, dict) or description.get("approach") != approach:
+        raise PawsightError(f"{directory}/model.json is not a {approach} pawsight model")
+    if description.get("format") != fmt:
+        raise PawsightError(f"{directory}/model.json has format {description.get('format')!r}; this pawsight "
+                            f"reads {approach} models of format {fmt}")
+    if hashlib.sha256(blob).hexdigest() != description.get("safetensors_sha256"):
+        raise PawsightError(f"{directory}/model.safetensors does not match model.json (damaged or replaced); "
+                            "retrain or restore the run directory")
+    return description, blob
 
 
 # approach -> (module, class). Imported lazily, so `pawsight data ...` never pays for torch or scikit-learn.

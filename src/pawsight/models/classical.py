@@ -24,9 +24,7 @@ called unless allow-listed.
 from __future__ import annotations
 
 import copyreg
-import hashlib
 import importlib
-import json
 import math
 import time
 import warnings
@@ -40,8 +38,7 @@ from ..errors import PawsightError
 from ..features import Extractor, create_feature, extract, parse_features
 from ..images import Preprocessing
 from ..progress import bar
-from ..storage import atomic_write_bytes, atomic_write_json
-from .base import ImageClassifier
+from .base import ImageClassifier, read_model_files, write_model_files
 
 FORMAT = 1
 MODELS = ("svm-rbf", "linear-svm", "logreg", "knn", "forest", "boosting")
@@ -286,31 +283,15 @@ class ClassicalClassifier(ImageClassifier):
             "pipeline": describe(self.pipeline_),
             "search": getattr(self, "search_results_", []),
             "state": state,
-            "safetensors_sha256": hashlib.sha256(blob).hexdigest(),
         }
-        atomic_write_bytes(directory / "model.safetensors", blob)
-        atomic_write_json(directory / "model.json", description, indent=1)
+        write_model_files(directory, blob, description)
 
     @classmethod
     def load(cls, directory: Path) -> ClassicalClassifier:
         from safetensors.numpy import load
 
         directory = Path(directory)
-        try:
-            d = json.loads((directory / "model.json").read_text())
-            blob = (directory / "model.safetensors").read_bytes()
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise PawsightError(f"cannot read the classical model in {directory}: {exc}") from None
-        if not isinstance(d, dict) or d.get("approach") != cls.approach:
-            raise PawsightError(f"{directory}/model.json is not a classical pawsight model")
-        if d.get("format") != FORMAT:
-            raise PawsightError(f"{directory}/model.json has format {d.get('format')!r}; this pawsight reads "
-                                f"classical models of format {FORMAT}")
-        if hashlib.sha256(blob).hexdigest() != d.get("safetensors_sha256"):
-            raise PawsightError(f"{directory}/model.safetensors does not match model.json "
-                                "(damaged or replaced)")
+        d, blob = read_model_files(directory, cls.approach, FORMAT)
         try:
             arrays = load(blob)
             model = cls(**d["params"])

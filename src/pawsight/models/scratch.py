@@ -21,8 +21,6 @@ network with no user code and no pickle, and refuses damaged or mismatched files
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -30,8 +28,7 @@ import numpy as np
 
 from ..errors import PawsightError
 from ..images import Preprocessing
-from ..storage import atomic_write_bytes, atomic_write_json
-from .base import ImageClassifier
+from .base import ImageClassifier, read_model_files, write_model_files
 
 FORMAT = 1
 ARCHITECTURE = "pawsight-resnet"
@@ -178,37 +175,26 @@ class ScratchCNN(ImageClassifier):
 
         directory = Path(directory)
         data = st_save(cpu_state(self.net_), metadata={"format": str(FORMAT), "architecture": ARCHITECTURE})
-        atomic_write_bytes(directory / "model.safetensors", data)
-        atomic_write_json(directory / "model.json", {
+        write_model_files(directory, data, {
             "format": FORMAT, "approach": self.approach,
             "architecture": {"name": ARCHITECTURE, "n_classes": len(self.classes_), "width": self.width,
                              "depth": self.depth},
             "classes": self.classes_, "preprocessing": self.preprocessing.to_dict(),
             "normalize": {"mean": list(self.normalize_[0]), "std": list(self.normalize_[1])},
             "params": {k: v for k, v in self.get_params().items()},
-            "weights_sha256": hashlib.sha256(data).hexdigest(),
             "best_epoch": getattr(self, "best_epoch_", None),
             "interrupted": getattr(self, "interrupted_", False),
-        }, indent=2)
+        })
 
     @classmethod
     def load(cls, directory: Path) -> ScratchCNN:
         from safetensors.torch import load as st_load
 
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "model.json").read_text())
-        except ValueError:
-            raise PawsightError(f"{directory / 'model.json'} is damaged (not JSON)") from None
-        if not isinstance(meta, dict) or meta.get("approach") != cls.approach:
-            raise PawsightError(f"{directory} does not hold a scratch CNN model")
-        if meta.get("format") != FORMAT or meta.get("architecture", {}).get("name") != ARCHITECTURE:
-            raise PawsightError(f"{directory} holds a scratch model in an unknown format "
-                                f"({meta.get('format')!r}, {meta.get('architecture')!r})")
-        data = (directory / "model.safetensors").read_bytes()
-        if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
-            raise PawsightError(f"{directory / 'model.safetensors'} does not match model.json "
-                                "(damaged or replaced); retrain or restore the run directory")
+        meta, data = read_model_files(directory, cls.approach, FORMAT)
+        if not isinstance(meta.get("architecture"), dict) or meta["architecture"].get("name") != ARCHITECTURE:
+            raise PawsightError(f"{directory} holds a scratch model of an unknown architecture "
+                                f"({meta.get('architecture')!r})")
         try:
             arch, params = meta["architecture"], meta["params"]
             classes = [str(c) for c in meta["classes"]]

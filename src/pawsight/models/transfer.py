@@ -26,7 +26,6 @@ the file's SHA-256 and the backbone's weights hash, so a damaged or mixed-up mod
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ from ..backbones import DEFAULT_BACKBONE, BackboneSpec, FeatureExtractor, resolv
 from ..cache import default_cache_dir
 from ..errors import PawsightError
 from ..images import Preprocessing
-from ..storage import RowStore, atomic_write_bytes, atomic_write_json
-from .base import ImageClassifier
+from ..storage import RowStore
+from .base import ImageClassifier, read_model_files, write_model_files
 
 FORMAT = 1
 MODES = ("frozen", "finetune")
@@ -239,10 +238,8 @@ class TransferClassifier(ImageClassifier):
             "head": {"type": "linear", "in_features": int(self.head_weight_.shape[1]),
                      "out_features": int(self.head_weight_.shape[0]), "C": getattr(self, "C_", None)},
             "tta": self._use_tta(),
-            "safetensors_sha256": hashlib.sha256(blob).hexdigest(),
         }
-        atomic_write_bytes(directory / "model.safetensors", blob)
-        atomic_write_json(directory / "model.json", description, indent=2)
+        write_model_files(directory, blob, description)
 
     @classmethod
     def load(cls, directory: Path) -> TransferClassifier:
@@ -251,18 +248,7 @@ class TransferClassifier(ImageClassifier):
         from ..backbones import rebuild, weights_hash
 
         directory = Path(directory)
-        try:
-            d = json.loads((directory / "model.json").read_text())
-            blob = (directory / "model.safetensors").read_bytes()
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise PawsightError(f"cannot read the transfer model in {directory}: {exc}") from None
-        if not isinstance(d, dict) or d.get("approach") != cls.approach or d.get("format") != FORMAT:
-            raise PawsightError(f"{directory}/model.json is not a transfer model of format {FORMAT}")
-        if hashlib.sha256(blob).hexdigest() != d.get("safetensors_sha256"):
-            raise PawsightError(f"{directory}/model.safetensors does not match model.json "
-                                "(damaged or replaced)")
+        d, blob = read_model_files(directory, cls.approach, FORMAT)
         try:
             spec = BackboneSpec.from_dict(d["backbone"])
             params = dict(d["params"])
