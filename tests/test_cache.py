@@ -260,3 +260,56 @@ def test_phash_finds_resized_reencoded_copies(tmp_path: Path, tiny: Path) -> Non
         assert hamming(ph[k], ph[n + k]) <= 4, originals[k].name
     others = [hamming(ph[a], ph[b]) for a in range(n) for b in range(a + 1, n)]
     assert min(others) > 4  # different photos are not near-duplicates
+
+
+def test_cache_info_and_clear(tmp_path: Path, zoo, monkeypatch, capsys) -> None:
+    """info counts what is there; clear frees the rebuildable parts (and only them), and the next load
+    decodes again into identical pixels; one resolution can go alone; downloads stay unless named."""
+    from pawsight.cache import REBUILT, cache_usage, clear_cache
+    from pawsight.cli import main
+    from pawsight.storage import RowStore
+
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    root = tmp_path / "cache"
+    cache = ImageCache(root)
+    first = cache.load(paths, PREP)
+    np.asarray(cache.load(paths, Preprocessing(16)).images)
+    RowStore(root / "features" / "x").put(["a", "b"], np.ones((2, 4), np.float32))
+    (root / "weights").mkdir()
+    (root / "weights" / "w.safetensors").write_bytes(b"0" * 1000)
+
+    usage = cache_usage(root)
+    pools = usage["parts"]["pixels"]["preprocessings"]
+    assert pools[PREP.key]["bytes"] == pool_file(cache).stat().st_size > 0
+    assert set(pools) == {PREP.key, Preprocessing(16).key}
+    assert usage["parts"]["weights"] == {"bytes": 1000, "files": 1, "holds": "downloaded backbone weights",
+                                         "rebuilt_automatically": False}
+    assert usage["parts"]["features"]["files"] == 2
+    assert usage["bytes"] == sum(p["bytes"] for p in usage["parts"].values())
+
+    small = root / "pixels" / Preprocessing(16).key
+    small_bytes = sum(f.stat().st_size for f in small.iterdir())  # pool + index
+    assert clear_cache([f"pixels/{Preprocessing(16).key}"], root) == small_bytes
+    assert not small.exists() and pool_file(cache).exists()
+
+    freed = clear_cache(REBUILT, root)
+    assert freed == sum(usage["parts"][p]["bytes"] for p in REBUILT) - small_bytes
+    after = cache_usage(root)
+    assert all(after["parts"][p]["bytes"] == 0 for p in REBUILT)
+    assert after["parts"]["weights"]["bytes"] == 1000
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".trash")]
+
+    again = cache.load(paths, PREP)
+    assert again.decoded == first.decoded == len(paths)  # all decoded again, as on the first load
+    np.testing.assert_array_equal(again.images, first.images)
+
+    monkeypatch.setenv("PAWSIGHT_CACHE", str(root))
+    capsys.readouterr()
+    assert main(["cache", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["root"] == str(root)
+    assert main(["cache", "clear", "nonsense"]) == 2
+    assert main(["cache", "clear", "pixels/../weights"]) == 2
+    assert "unknown cache part" in capsys.readouterr().err
+    assert main(["cache", "clear", "--all"]) == 0
+    assert "freed" in capsys.readouterr().out and cache_usage(root)["bytes"] == 0

@@ -5,6 +5,11 @@ Layout of the cache folder (`$PAWSIGHT_CACHE`, default `~/.cache/pawsight`):
     files.json                 "path|size|mtime_ns" -> content hash: a changed file gets a new entry
     meta.json                  content hash -> {format, mode, width, height, phash} or {error: reason}
     pixels/<preprocessing>/    pool.u8 (rows of size x size x 3 uint8, append-only) + index.json (hash -> row)
+    features/, onnx/           computed features and exported backbones (other modules; same root)
+    weights/, datasets/        downloads
+
+Nothing is ever evicted automatically; `pawsight cache info` shows the sizes, `pawsight cache clear` frees
+them (cache_usage, clear_cache below).
 
 Entries are keyed by file *content* and preprocessing, so renaming or copying a file costs a read and a hash
 (no decode, no new row), and editing one invalidates exactly that one. Writers append rows in chunks while
@@ -18,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .data import Sample, Skip
+from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, perceptual_hash, read_file
 from .progress import progress
 from .storage import atomic_write_json
@@ -289,3 +296,80 @@ def decode_file(path: Path, prep: Preprocessing, is_known: Callable[[str], bool]
         return sig, h, {"error": str(exc)}, None
     except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one file, not the run
         return sig, h, {"error": f"unreadable image: {type(exc).__name__}: {exc}"}, None
+
+
+# -- looking after the cache folder (`pawsight cache info|clear`) ----------------------------------------
+# part -> (paths under the cache root, what it holds). The first three are rebuilt automatically on next use;
+# weights and datasets are downloads (they need the internet to come back).
+CACHE_PARTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pixels": (("pixels", "files.json", "meta.json"), "decoded pictures and the file index"),
+    "features": (("features",), "computed features (classical extractors, frozen backbones)"),
+    "onnx": (("onnx",), "backbones exported for ONNX Runtime"),
+    "weights": (("weights",), "downloaded backbone weights"),
+    "datasets": (("datasets",), "downloaded data sets"),
+}
+REBUILT = ("pixels", "features", "onnx")
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(bytes, files) under `path` (a file or a folder); symlinks are not followed."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size, 1
+    total = files = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+                files += 1
+            except OSError:
+                pass
+    return total, files
+
+
+def cache_usage(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """What the cache folder holds: bytes and files per part, and rows per preprocessing in `pixels`."""
+    root = Path(root) if root is not None else default_cache_dir()
+    parts: dict[str, Any] = {}
+    for part, (names, what) in CACHE_PARTS.items():
+        sizes = [tree_size(root / n) for n in names if (root / n).exists() or (root / n).is_symlink()]
+        parts[part] = {"bytes": sum(b for b, _ in sizes), "files": sum(f for _, f in sizes), "holds": what,
+                       "rebuilt_automatically": part in REBUILT}
+    pools = sorted((root / "pixels").glob("*/pool.u8")) if (root / "pixels").is_dir() else []
+    parts["pixels"]["preprocessings"] = {
+        p.parent.name: {"bytes": p.stat().st_size} for p in pools}
+    return {"root": str(root), "bytes": sum(p["bytes"] for p in parts.values()), "parts": parts}
+
+
+def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None) -> int:
+    """Delete cache `parts` (names of CACHE_PARTS, or "pixels/<preprocessing>"); the bytes freed.
+
+    Each folder is first renamed out of the way (atomic), then deleted, under the cache's write lock: a
+    pawsight writing at the same moment sees the old cache or an empty one, never half of one. (A command
+    *reading* pictures at that moment may still fail; it succeeds when run again.)
+    """
+    def one_pool(part: str) -> bool:  # "pixels/<preprocessing>" names one resolution's pool
+        key = part.removeprefix("pixels/")
+        return part.startswith("pixels/") and key not in ("", ".", "..") and "/" not in key
+
+    unknown = [p for p in parts if p not in CACHE_PARTS and not one_pool(p)]
+    if unknown:
+        raise PawsightError(f"unknown cache part(s) {', '.join(unknown)}; "
+                            f"choose from: {', '.join(CACHE_PARTS)}")
+    cache = ImageCache(root)
+    if not cache.root.is_dir():
+        return 0
+    freed = 0
+    with cache._locked():
+        for part in parts:
+            for name in (part,) if one_pool(part) else CACHE_PARTS[part][0]:
+                path = cache.root / name
+                if not (path.exists() or path.is_symlink()):
+                    continue
+                freed += tree_size(path)[0]
+                if path.is_dir() and not path.is_symlink():
+                    trash = cache.root / f".trash-{path.name}-{os.getpid()}"
+                    os.replace(path, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+    return freed

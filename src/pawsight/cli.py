@@ -6,6 +6,7 @@
     pawsight train --resume RUN                  continue an interrupted training
     pawsight evaluate RUN DATA [--json]          score a run on labelled pictures
     pawsight predict RUN IMAGE... [--json]       label new pictures
+    pawsight cache info | clear [PART...]        what the cache folder holds; free it
 
 Errors the user can fix are printed as one line (`error: ...`, exit status 2); never a traceback.
 """
@@ -133,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", type=Path, nargs="+", help="image files or folders")
     pr.add_argument("--top-k", type=int, default=1)
     pr.add_argument("--json", action="store_true")
+
+    from .cache import CACHE_PARTS, REBUILT
+
+    ca = sub.add_parser("cache", help="show or free the cache folder ($PAWSIGHT_CACHE, ~/.cache/pawsight)")
+    csub = ca.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    info = csub.add_parser("info", help="bytes per part of the cache")
+    info.add_argument("--json", action="store_true")
+    clear = csub.add_parser("clear", help="delete parts of the cache",
+                            epilog="parts: " + "; ".join(f"{k}: {v[1]}" for k, v in CACHE_PARTS.items()))
+    clear.add_argument("parts", nargs="*", metavar="PART",
+                       help=f"what to delete (default: {' '.join(REBUILT)}, which are rebuilt on next use; "
+                            "weights and datasets are deleted only when named, or with --all; "
+                            "pixels/KEY deletes one resolution shown by 'cache info')")
+    clear.add_argument("--all", action="store_true", help="every part, downloads included")
     return p
 
 
@@ -181,6 +196,8 @@ def run_command(args: argparse.Namespace) -> int:
         return train_command(args)
     if args.command == "evaluate":
         return evaluate_command(args)
+    if args.command == "cache":
+        return cache_command(args)
     return predict_command(args)
 
 
@@ -262,3 +279,24 @@ def predict_command(args: argparse.Namespace) -> int:
         for s in skipped:
             print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    from .cache import CACHE_PARTS, REBUILT, cache_usage, clear_cache
+
+    if args.cache_command == "clear":
+        parts = list(CACHE_PARTS) if args.all else (args.parts or list(REBUILT))
+        freed = clear_cache(parts)
+        print(f"freed {freed / 2**20:.1f} MB ({', '.join(parts)})")
+        return 0
+    usage = cache_usage()
+    if args.json:
+        print(json.dumps(usage, indent=2))
+        return 0
+    print(f"cache folder {usage['root']}: {usage['bytes'] / 2**20:.1f} MB")
+    for part, u in usage["parts"].items():
+        note = "" if u["rebuilt_automatically"] else " (download)"
+        print(f"  {part:<9} {u['bytes'] / 2**20:9.1f} MB  {u['files']:6d} files  {u['holds']}{note}")
+        for key, p in u.get("preprocessings", {}).items():
+            print(f"    {key:<40} {p['bytes'] / 2**20:9.1f} MB")
+    return 0
