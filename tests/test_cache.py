@@ -313,3 +313,49 @@ def test_cache_info_and_clear(tmp_path: Path, zoo, monkeypatch, capsys) -> None:
     assert "unknown cache part" in capsys.readouterr().err
     assert main(["cache", "clear", "--all"]) == 0
     assert "freed" in capsys.readouterr().out and cache_usage(root)["bytes"] == 0
+
+
+def test_clear_during_a_load_stops_it_not_wrong_rows(tmp_path: Path, zoo, monkeypatch) -> None:
+    """A clear between reading the index and using its row numbers (reader), or between appending rows and
+    indexing them (writer), must stop that load with 'run it again'; the next load is correct."""
+    import pawsight.cache as cache_module
+    from pawsight.cache import clear_cache
+    from pawsight.errors import PawsightError
+
+    folder, valid, _ = zoo
+    paths = [folder / n for n in valid]
+    root = tmp_path / "cache"
+    cache = ImageCache(root)
+    cache.load(paths[:5], PREP)
+
+    real_valid_index = ImageCache._valid_index
+
+    def index_then_clear(self, pool_dir, prep):  # reader: the index is read, then the pool goes
+        index = real_valid_index(self, pool_dir, prep)
+        if self is cache:
+            clear_cache(["pixels"], root)
+            ImageCache(root).load(paths[5:], PREP)  # another process refills a new pool: rows 0.. are others'
+        return index
+
+    monkeypatch.setattr(ImageCache, "_valid_index", index_then_clear)
+    with pytest.raises(PawsightError, match="cleared while this command was running"):
+        cache.load(paths[:5], PREP)
+    monkeypatch.setattr(ImageCache, "_valid_index", real_valid_index)
+
+    real_decode = cache_module.decode_file
+    calls = []
+
+    def decode_then_clear(*args, **kwargs):  # writer: rows appended to a pool that is then deleted
+        calls.append(1)
+        if len(calls) == 1:
+            clear_cache(["pixels"], root)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "decode_file", decode_then_clear)
+    with pytest.raises(PawsightError, match="cleared while this command was running"):
+        cache.load(paths[:3], Preprocessing(20))
+    monkeypatch.setattr(cache_module, "decode_file", real_decode)
+
+    out = cache.load(paths, PREP)
+    for p, img in zip(out.paths, out.images, strict=True):
+        np.testing.assert_array_equal(img, expected(p), err_msg=p.name)

@@ -37,7 +37,7 @@ from .data import Sample, Skip
 from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, perceptual_hash, read_file
 from .progress import progress
-from .storage import atomic_write_json
+from .storage import atomic_write_bytes, atomic_write_json
 
 FORMAT = 2  # 2: phash from a reduced thumbnail, pixels keyed '-v2'
 APPEND_ROWS = 256  # decoded rows held in memory before they are appended to the pool
@@ -89,12 +89,24 @@ class ImageCache:
     def _pool_dir(self, prep: Preprocessing) -> Path:
         return self.root / "pixels" / prep.key
 
+    def _generation(self) -> str:
+        """Changes whenever `clear_cache` deletes pixels: row numbers read before then mean nothing after."""
+        try:
+            return (self.root / "generation").read_text()
+        except OSError:
+            return ""
+
+    def _check_generation(self, seen: str) -> None:
+        if self._generation() != seen:
+            raise PawsightError("the decode cache was cleared while this command was running; run it again")
+
     # -- main entry ------------------------------------------------------------------------------------
     def load(self, paths: Sequence[str | os.PathLike[str]], prep: Preprocessing,
              labels: Sequence[int] | None = None, workers: int | None = None,
              desc: str = "decoding") -> Decoded:
         """Pixels of every readable file in `paths` under `prep`; bad ones are skipped with a reason."""
         paths = [Path(p) for p in paths]
+        generation = self._generation()
         files = self._read_json(self.root / "files.json")
         meta = self._read_json(self.root / "meta.json")
         pool_dir = self._pool_dir(prep)
@@ -141,14 +153,16 @@ class ImageCache:
                     if pixels is not None and h not in index and h not in written:
                         rows[h] = pixels
                         if len(rows) >= APPEND_ROWS:
-                            written.update(self._append_rows(prep, rows))
+                            written.update(self._append_rows(prep, rows, generation))
                             rows = {}
             if rows:
-                written.update(self._append_rows(prep, rows))
+                written.update(self._append_rows(prep, rows, generation))
             if pending:
-                index = self._commit(prep, written, new_files, new_meta)
+                index = self._commit(prep, written, new_files, new_meta, generation)
 
-        return self._gather(paths, hashes, labels, meta, index, prep, decoded=n_decoded)
+        out = self._gather(paths, hashes, labels, meta, index, prep, decoded=n_decoded)
+        self._check_generation(generation)  # rows mapped after a clear could be another picture's
+        return out
 
     def _valid_index(self, pool_dir: Path, prep: Preprocessing) -> dict[str, int]:
         """index.json, minus rows the pool file does not hold (a damaged index or a truncated pool)."""
@@ -159,11 +173,13 @@ class ImageCache:
             return {}
         return {h: r for h, r in index.items() if isinstance(r, int) and 0 <= r < n_rows}
 
-    def _append_rows(self, prep: Preprocessing, rows: dict[str, np.ndarray]) -> dict[str, int]:
+    def _append_rows(self, prep: Preprocessing, rows: dict[str, np.ndarray], generation: str,
+                     ) -> dict[str, int]:
         """Append pixel rows to the pool (under the lock, briefly); their row numbers, not yet indexed."""
         pool_dir = self._pool_dir(prep)
         size = row_bytes(prep)
         with self._locked():
+            self._check_generation(generation)
             pool_dir.mkdir(parents=True, exist_ok=True)
             with open(pool_dir / "pool.u8", "ab") as fh:
                 start = fh.seek(0, os.SEEK_END)
@@ -176,10 +192,11 @@ class ImageCache:
         return {h: n0 + k for k, h in enumerate(rows)}
 
     def _commit(self, prep: Preprocessing, written: dict[str, int], files: dict[str, str],
-                meta: dict[str, Any]) -> dict[str, int]:
+                meta: dict[str, Any], generation: str) -> dict[str, int]:
         """Make appended rows durable, then publish them: index.json, files.json, meta.json (merged)."""
         pool_dir = self._pool_dir(prep)
         with self._locked():
+            self._check_generation(generation)  # rows appended to a pool since deleted must not be indexed
             index = self._valid_index(pool_dir, prep)
             fresh = {h: r for h, r in written.items() if h not in index}  # another writer may have won
             if fresh:
@@ -327,7 +344,7 @@ def tree_size(path: Path) -> tuple[int, int]:
 
 
 def cache_usage(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """What the cache folder holds: bytes and files per part, and rows per preprocessing in `pixels`."""
+    """What the cache folder holds: bytes and files per part, and bytes per preprocessing in `pixels`."""
     root = Path(root) if root is not None else default_cache_dir()
     parts: dict[str, Any] = {}
     for part, (names, what) in CACHE_PARTS.items():
@@ -343,9 +360,9 @@ def cache_usage(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None) -> int:
     """Delete cache `parts` (names of CACHE_PARTS, or "pixels/<preprocessing>"); the bytes freed.
 
-    Each folder is first renamed out of the way (atomic), then deleted, under the cache's write lock: a
-    pawsight writing at the same moment sees the old cache or an empty one, never half of one. (A command
-    *reading* pictures at that moment may still fail; it succeeds when run again.)
+    Under the cache's write lock, the cache generation changes first, then each folder is renamed out of the
+    way (atomic) and deleted. A pawsight command decoding or reading pictures at that moment stops with "run
+    it again" (ImageCache checks the generation) rather than index or return rows of a deleted pool.
     """
     def one_pool(part: str) -> bool:  # "pixels/<preprocessing>" names one resolution's pool
         key = part.removeprefix("pixels/")
@@ -360,6 +377,8 @@ def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None
         return 0
     freed = 0
     with cache._locked():
+        if any(p == "pixels" or one_pool(p) for p in parts):
+            atomic_write_bytes(cache.root / "generation", os.urandom(8).hex().encode())
         for part in parts:
             for name in (part,) if one_pool(part) else CACHE_PARTS[part][0]:
                 path = cache.root / name
