@@ -21,7 +21,7 @@ find_python() {
 
 setup() {
   local stamp
-  stamp="$( (cat pyproject.toml; echo "setup-v1") | sha256sum | cut -c1-16)"
+  stamp="$( (cat pyproject.toml; echo "setup-v2") | sha256sum | cut -c1-16)"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.pawsight-stamp" 2>/dev/null)" = "$stamp" ]; then
     return 0
   fi
@@ -38,6 +38,17 @@ setup() {
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${PAWSIGHT_PIP_ARGS:-} -e ".[dev]" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$stamp" > "$VENV/.pawsight-stamp"
+}
+
+ensure_chromium() {
+  # The browser tests drive the system's Chromium with Playwright; a browser is never downloaded.
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium for the browser tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    echo "note: no chromium found; browser tests will be skipped (install your distribution's chromium)" >&2
+  fi
 }
 
 demo() {
@@ -82,6 +93,7 @@ case "$cmd" in
   demo) setup; demo "$@" ;;
   test)
     setup
+    ensure_chromium
     "$VENV/bin/ruff" check src tests benchmarks
     "$VENV/bin/python" -m pytest -q "$@"
     ;;
