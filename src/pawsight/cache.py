@@ -20,7 +20,6 @@ unused rows at worst, never a wrong picture. A warm load maps the pool instead o
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import numpy as np
 
 from .data import Sample, Skip
 from .errors import PawsightError
-from .images import ImageError, Preprocessing, open_rgb, perceptual_hash, read_file
+from .images import ImageError, Preprocessing, file_hash, open_checked, open_rgb, perceptual_hash
 from .progress import progress
 from .storage import atomic_write_bytes, atomic_write_json
 
@@ -298,21 +297,25 @@ def decode_file(path: Path, prep: Preprocessing, is_known: Callable[[str], bool]
     """
     sig = stat_signature(path)
     try:
-        data = read_file(path)
+        fh = open_checked(path)  # header and size checked before anything else is read
     except ImageError as exc:
         return sig, None, {"error": str(exc)}, None
-    h = hashlib.blake2b(data, digest_size=16).hexdigest()
-    if is_known(h):
-        return sig, h, None, None
-    info: dict[str, Any] = {}
-    try:
-        im = open_rgb(path, min_size=prep.size, data=data, info=info)
-        info["phash"] = perceptual_hash(im)
-        return sig, h, info, prep(im)
-    except ImageError as exc:
-        return sig, h, {"error": str(exc)}, None
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one file, not the run
-        return sig, h, {"error": f"unreadable image: {type(exc).__name__}: {exc}"}, None
+    with fh:
+        try:
+            h = file_hash(fh)
+        except ImageError as exc:
+            return sig, None, {"error": str(exc)}, None
+        if is_known(h):
+            return sig, h, None, None
+        info: dict[str, Any] = {}
+        try:
+            im = open_rgb(path, min_size=prep.size, data=fh, info=info)  # decoded from the file, not a copy
+            info["phash"] = perceptual_hash(im)
+            return sig, h, info, prep(im)
+        except ImageError as exc:
+            return sig, h, {"error": str(exc)}, None
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one file, not the run
+            return sig, h, {"error": f"unreadable image: {type(exc).__name__}: {exc}"}, None
 
 
 # -- looking after the cache folder (`pawsight cache info|clear`) ----------------------------------------

@@ -9,13 +9,15 @@ model sees; it is saved with every model so training, evaluation, prediction and
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import stat
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from struct import error as struct_error
+from typing import IO, Any, Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -29,6 +31,14 @@ ORIENTATION = 0x0112  # EXIF tag: how the stored picture must be turned to be up
 # File endings that look like images; used only to name a directory that pretends to be an image.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff"}
 
+# Largest picture file read, in MB (PAWSIGHT_MAX_FILE_MB overrides): a bigger file is refused with a reason
+# before it is read, so a huge file named .jpg costs neither the memory nor the run.
+MAX_FILE_MB = 256
+HEADER_BYTES = 32  # enough for every signature below
+# Pillow formats accepted, each recognised by its first bytes (what Pillow is then allowed to try).
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF")
+FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF"
+
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -37,37 +47,116 @@ class ImageError(Exception):
     """A file that cannot be used as a picture; str(error) is the one-line reason shown to the user."""
 
 
-def open_rgb(path: str | os.PathLike[str], min_size: int | None = None, data: bytes | None = None,
-             info: dict[str, Any] | None = None) -> Image.Image:
-    """Decode `path` (or its already-read bytes `data`) into an upright 8-bit RGB image.
+def sniff(head: bytes) -> str | None:
+    """The picture format the first bytes of a file announce (a name from FORMATS), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "TIFF"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return None
 
-    With `min_size`, JPEGs are decoded with DCT scaling ("draft" mode) to the smallest scale whose both sides
-    are still >= min_size: several times faster, and the result is then resized anyway. `info`, if given, is
-    filled with the original `format`, `mode`, `width` and `height`.
+
+def max_file_bytes() -> int:
+    """The largest picture file read (MAX_FILE_MB, or PAWSIGHT_MAX_FILE_MB when set to a positive number)."""
+    value = os.environ.get("PAWSIGHT_MAX_FILE_MB", "")
+    try:
+        mb = float(value) if value.strip() else MAX_FILE_MB
+    except ValueError:
+        mb = MAX_FILE_MB
+    return int((mb if mb > 0 else MAX_FILE_MB) * 2**20)
+
+
+def check_header(head: bytes, size: int) -> None:
+    """Refuse what is not a picture (by its first bytes) or is larger than max_file_bytes()."""
+    if not size:
+        raise ImageError("empty file")
+    if sniff(head) is None:
+        raise ImageError(f"not an image (unknown or garbled format: the first bytes are not a {FORMAT_NAMES} "
+                         "header)")
+    limit = max_file_bytes()
+    if size > limit:
+        raise ImageError(f"file too large: {size / 2**20:,.0f} MB, more than the {limit / 2**20:,.0f} MB "
+                         "allowed for one picture (set PAWSIGHT_MAX_FILE_MB to raise it)")
+
+
+def open_checked(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A regular file opened for reading, at offset 0, whose header and size passed check_header.
+
+    Opened first and judged by fstat, so a FIFO cannot block the read and what is checked is what is read.
     """
     path = Path(path)
     try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("symlink loop") from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise ImageError("dangling symlink") from None
+        if exc.errno == errno.EISDIR:
+            raise ImageError("is a directory, not an image file") from None
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ImageError("is a directory, not an image file" if stat.S_ISDIR(st.st_mode) else
+                         "not a regular file")
+    fh = os.fdopen(fd, "rb")
+    try:
+        check_header(fh.read(HEADER_BYTES), st.st_size)
+        fh.seek(0)
+        return fh
+    except ImageError:
+        fh.close()
+        raise
+    except OSError as exc:
+        fh.close()
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def file_hash(fh: IO[bytes], chunk: int = 1 << 20) -> str:
+    """blake2b-128 of an open file's content, read in chunks (memory stays flat); leaves it at offset 0."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        while block := fh.read(chunk):
+            h.update(block)
+        fh.seek(0)
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+def open_rgb(path: str | os.PathLike[str], min_size: int | None = None, data: bytes | IO[bytes] | None = None,
+             info: dict[str, Any] | None = None) -> Image.Image:
+    """Decode `path` (or `data`: its bytes, or the file already opened by open_checked) into upright RGB.
+
+    The file is recognised from its first bytes and refused when larger than max_file_bytes(); Pillow then
+    decodes from the file itself, never from a copy of it in memory. With `min_size`, JPEGs are decoded with
+    DCT scaling ("draft" mode) to the smallest scale whose both sides are still >= min_size: several times
+    faster, and the result is then resized anyway. `info`, if given, is filled with the original `format`,
+    `mode`, `width` and `height`.
+    """
+    path = Path(path)
+    owned: IO[bytes] | None = None
+    try:
         if data is None:
-            data = read_file(path)
-        if not data:
-            raise ImageError("empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                if info is not None:
-                    info.update(format=im.format, mode=im.mode, width=width, height=height)
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"too large: {width}x{height} pixels (decompression bomb?)")
-                if im.format == "MPO" or getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)  # first frame of GIF/WebP/TIFF animations and multi-picture JPEGs
-                if min_size and im.format == "JPEG":
-                    im.draft("RGB", (min_size, min_size))
-                im.load()
-                if im.getexif().get(ORIENTATION, 1) in range(2, 9):
-                    # only then: exif_transpose copies the whole picture even when there is nothing to do
-                    im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
+            owned = open_checked(path)
+            source: IO[bytes] = owned
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            check_header(bytes(data[:HEADER_BYTES]), len(data))
+            source = io.BytesIO(data)
+        else:
+            source = data
+        return _decode(source, min_size, info)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -83,31 +172,44 @@ def open_rgb(path: str | os.PathLike[str], min_size: int | None = None, data: by
         if "truncated" in message:
             raise ImageError("truncated image file") from None
         raise ImageError(f"unreadable image: {message}") from None
-    except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, RuntimeError) as exc:
+    except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, RuntimeError,
+            ZeroDivisionError, OverflowError, struct_error, AttributeError, AssertionError) as exc:
         # Garbled headers surface from Pillow's plugins as a zoo of exception types.
         raise ImageError(f"corrupt image: {type(exc).__name__}: {exc}") from None
     except MemoryError:
         raise ImageError("too large to decode in memory") from None
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _decode(source: IO[bytes], min_size: int | None, info: dict[str, Any] | None) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source, formats=FORMATS) as im:
+            width, height = im.size
+            if info is not None:
+                info.update(format=im.format, mode=im.mode, width=width, height=height)
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"too large: {width}x{height} pixels (decompression bomb?)")
+            if im.format == "MPO" or getattr(im, "n_frames", 1) > 1:
+                im.seek(0)  # first frame of GIF/WebP/TIFF animations and multi-picture JPEGs
+            if min_size and im.format == "JPEG":
+                im.draft("RGB", (min_size, min_size))
+            im.load()
+            if im.getexif().get(ORIENTATION, 1) in range(2, 9):
+                # only then: exif_transpose copies the whole picture even when there is nothing to do
+                im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
 
 
 def read_file(path: Path) -> bytes:
-    """The bytes of a regular file, or an ImageError naming why there are none."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageError("symlink loop") from None
-        if path.is_symlink():
-            raise ImageError("dangling symlink") from None
-        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError("is a directory, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError("not a regular file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    """The bytes of a picture file (checked as open_checked does), or an ImageError saying why not."""
+    with open_checked(path) as fh:
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise ImageError(f"cannot read: {exc.strerror or exc}") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
