@@ -161,17 +161,19 @@ def test_single_class(tmp_path: Path) -> None:
 
 
 def test_empty_class(tmp_path: Path) -> None:
-    root = class_layout(tmp_path / "data", {"cats": 5, "dogs": 0})
-    with pytest.raises(PawsightError, match="empty class folder.*dogs"):
+    root = class_layout(tmp_path / "data", {"cats": 5, "dogs": 0})  # an empty folder is not a class
+    with pytest.raises(PawsightError, match=r"only one class.*cats.*not used: dogs \(no pictures"):
         scan(root)
 
 
-def test_empty_class_in_split_layout_names_the_split(tmp_path: Path) -> None:
+def test_empty_class_in_split_layout_is_named_not_fatal(tmp_path: Path) -> None:
     root = tmp_path / "data"
     class_layout(root / "train", {"cats": 3, "dogs": 3})
     class_layout(root / "val", {"cats": 3, "dogs": 0})
-    with pytest.raises(PawsightError, match="validation/dogs"):
-        scan(root)
+    ds = scan(root)
+    assert ds.classes == ["cats", "dogs"] and ds.counts()["validation"] == {"cats": 3, "dogs": 0}
+    assert [(Path(s.path).relative_to(root).as_posix(), "no pictures" in s.reason) for s in ds.ignored] == [
+        ("val/dogs", True)]
 
 
 def test_symlink_loop_and_fake_image_folder_are_skipped_not_fatal(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .cache import ImageCache
-from .data import SPLITS, DataSet, Sample, Skip, scan
+from .data import SPLITS, DataSet, Sample, Skip, counts_of, scan
 from .errors import PawsightError
 from .evaluation import classification_metrics
 from .run import load_model, read_run_info, write_run_info
@@ -103,8 +103,12 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
         "status": "interrupted" if getattr(model, "interrupted_", False) else "done",
         "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
         "preprocessing": prep.to_dict(),
-        "data": {"root": str(Path(data).resolve()), "layout": ds.layout, "counts": ds.counts(),
+        "data": {"root": str(Path(data).resolve()), "layout": ds.layout,
+                 "counts": {"train": counts_of(ds.classes, tr.labels),  # what was read, not what was listed
+                            **({"validation": counts_of(ds.classes, va.labels)} if ds.split("validation")
+                               else {})},
                  "skipped": [s.to_dict() for s in ds.skipped + tr.skipped + va.skipped],
+                 "ignored": [s.to_dict() for s in ds.ignored],
                  "dropped_duplicates": dropped},
         "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import PawsightError
+from .errors import PawsightError, shown
 
 # CLI option -> model constructor parameter, for options that only some approaches accept.
 MODEL_OPTIONS = {"model": "model", "features": "features", "mode": "mode", "epochs": "epochs",
@@ -238,6 +238,8 @@ def print_train_summary(info: dict[str, Any]) -> None:
     if val and val["accuracy"] is not None:
         print(f"validation accuracy {val['accuracy']:.2%} on {val['n_images']} pictures "
               f"({val['n_errors']} errors)")
+    for s in info["data"].get("ignored", []):
+        print(f"warning: not used: {shown(s['path'])}: {s['reason']}", file=sys.stderr)
     skipped = info["data"]["skipped"]
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)

@@ -1,11 +1,22 @@
-"""From a folder of class sub-folders to a labelled, split list of candidate files.
+"""From a data folder to a labelled, split list of candidate files, by one rule (README "Data folders").
 
-Two layouts are understood:
-- `DATA/<class>/...`: split automatically (stratified, seeded, reproducible) into train and validation;
-- `DATA/train/<class>`, `DATA/validation|val|valid/<class>`, optional `DATA/test/<class>`.
-Class names are the folder names, sorted. Hidden entries (`.DS_Store`, `.ipynb_checkpoints`, `__MACOSX`) never
-become classes or samples. This module only lists files; whether a file is a readable picture is decided when
-it is decoded (see `cache.py`), so a bad file costs one skip line, never the run.
+Reading DATA, top level first:
+1. Hidden entries (names starting with `.`) and operating-system clutter (`__MACOSX`, `Thumbs.db`,
+   `desktop.ini`, `@eaDir`, `$RECYCLE.BIN`, ...) are skipped silently everywhere. A leading `_` is not hidden:
+   cameras write `_DSC1234.JPG`.
+2. A folder holding a `run.json` (a pawsight run directory, e.g. an `--out` put inside DATA) is never data.
+3. A folder named `train`/`training`, `validation`/`val`/`valid` or `test`/`testing` is a *split folder* when
+   it holds at least one sub-folder with pictures (its classes); otherwise it is an ordinary class folder
+   that happens to have that name (a class called `test`).
+4. Any other folder is a *class folder* when a picture (recognised from its first bytes) is anywhere below
+   it; a folder without pictures is not a class.
+5. With a `train/` split folder the layout is `split-folders`: classes come from the split folders, and
+   class folders beside them are not used. Without one it is `class-folders`: the class folders are the
+   training pictures, split stratified (seeded, reproducible) into train and validation unless a
+   `validation/` split folder is given; a `test/` split folder is kept as the test split.
+Everything not used (rules 2-5, loose files outside class folders) is listed in `DataSet.ignored` with the
+reason, for the commands to warn about. This module only lists files; whether a listed file is a readable
+picture is decided when it is decoded (see `cache.py`), so a bad file costs one skip line, never the run.
 """
 
 from __future__ import annotations
@@ -17,16 +28,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PawsightError
-from .images import IMAGE_SUFFIXES
+from .errors import PawsightError, shown
+from .images import HEADER_BYTES, IMAGE_SUFFIXES, sniff
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
                  "valid": "validation", "test": "test", "testing": "test"}
 SPLITS = ("train", "validation", "test")
+# What operating systems, file managers and NAS boxes create: never data, never warned about.
+OS_CLUTTER = {"__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini", "@eadir", "$recycle.bin",
+              "system volume information", "lost+found", "icon\r"}
+RUN_MARKER = "run.json"  # what makes a folder a pawsight run directory (see run.py)
 
 
 def is_hidden(name: str) -> bool:
-    return name.startswith((".", "_")) or name in {"__MACOSX", "Thumbs.db", "desktop.ini"}
+    """Dot-files and OS clutter; a leading underscore is an ordinary name (camera files: `_DSC1234.JPG`)."""
+    return name.startswith(".") or name.lower() in OS_CLUTTER
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file()
 
 
 @dataclass
@@ -54,6 +74,7 @@ class DataSet:
     samples: list[Sample]
     layout: str  # "split-folders" or "class-folders"
     skipped: list[Skip] = field(default_factory=list)  # entries refused while listing (loops, fake dirs)
+    ignored: list[Skip] = field(default_factory=list)  # folders and files deliberately not used, and why
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -64,6 +85,7 @@ class DataSet:
         return [s for s in SPLITS if s in present]
 
     def counts(self) -> dict[str, dict[str, int]]:
+        """split -> class -> number of *listed* files (see counts_of for what was read)."""
         out: dict[str, dict[str, int]] = {}
         for split in self.splits:
             c = Counter(s.label for s in self.split(split))
@@ -71,8 +93,15 @@ class DataSet:
         return out
 
 
-def list_files(folder: Path, skipped: list[Skip]) -> list[Path]:
-    """All non-hidden files below `folder`, sorted; follows symlinks but never loops."""
+def counts_of(classes: list[str], labels: np.ndarray | list[int]) -> dict[str, int]:
+    """class -> number of pictures among `labels` (e.g. the decoded ones: counts of what was read)."""
+    c = Counter(int(x) for x in np.asarray(labels).tolist())
+    return {name: c.get(i, 0) for i, name in enumerate(classes)}
+
+
+def list_files(folder: Path, skipped: list[Skip], ignored: list[Skip] | None = None) -> list[Path]:
+    """All non-hidden files below `folder`, sorted; follows symlinks but never loops; run directories
+    inside it are left out (noted in `ignored`)."""
     found: list[Path] = []
     seen: set[str] = set()
 
@@ -98,6 +127,9 @@ def list_files(folder: Path, skipped: list[Skip]) -> list[Path]:
             if is_dir:
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     skipped.append(Skip(str(path), "is a directory, not an image file"))
+                elif is_run_dir(path):
+                    if ignored is not None:
+                        ignored.append(Skip(str(path), "a pawsight run directory, not pictures"))
                 else:
                     walk(path)
             else:
@@ -107,56 +139,137 @@ def list_files(folder: Path, skipped: list[Skip]) -> list[Path]:
     return found
 
 
-def class_dirs(folder: Path) -> dict[str, Path]:
+def looks_like_picture(path: Path) -> bool:
+    """Do the first bytes of `path` announce a picture? (Cheap: reads a few bytes; never blocks on a FIFO.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return sniff(os.read(fd, HEADER_BYTES)) is not None
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def sub_dirs(folder: Path) -> dict[str, Path]:
+    """Non-hidden sub-folders of `folder` by name (unreadable folder: none)."""
     out = {}
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not is_hidden(entry.name) and entry.is_dir():
-            out[entry.name] = Path(entry.path)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            if not is_hidden(entry.name) and entry.is_dir():
+                out[entry.name] = Path(entry.path)
+        except OSError:
+            continue
     return out
 
 
+def loose_files(folder: Path) -> list[Path]:
+    """Non-hidden files directly in `folder` (not in any sub-folder)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if not is_hidden(e.name) and not e.is_dir()]
+
+
+def read_classes(folder: Path, dirs: dict[str, Path], where: str, skipped: list[Skip], ignored: list[Skip],
+                 ) -> dict[str, list[Path]]:
+    """class -> files for each of `dirs` (sub-folders of `folder`) holding a picture (rules 2 and 4); the
+    others, and files lying loose in `folder`, are noted in `ignored`."""
+    out: dict[str, list[Path]] = {}
+    for name, path in dirs.items():
+        if is_run_dir(path):
+            ignored.append(Skip(str(path), "a pawsight run directory (holds run.json), not a class"))
+            continue
+        listed: list[Skip] = []
+        files = list_files(path, listed, ignored)
+        if not any(looks_like_picture(f) for f in files):
+            ignored.append(Skip(str(path), f"no pictures in it, so not a class{where}"))
+            continue
+        skipped.extend(listed)
+        out[name] = files
+    for f in loose_files(folder):
+        ignored.append(Skip(str(f), f"not inside a class folder{where}"))
+    return out
+
+
+def is_split_dir(path: Path) -> bool:
+    """Rule 3: a folder named like a split is one only when a sub-folder of it holds pictures."""
+    return (path.name.lower() in SPLIT_ALIASES and not is_run_dir(path)
+            and any(not is_run_dir(d) and any(looks_like_picture(f) for f in list_files(d, []))
+                    for d in sub_dirs(path).values()))
+
+
 def scan(root: str | os.PathLike[str], val_fraction: float = 0.2, seed: int = 0) -> DataSet:
-    """List the data folder `root`; class-folder layouts are split stratified with `val_fraction`."""
+    """List the data folder `root` by the rule in the module docstring; class folders are split into train
+    and validation, stratified, with `val_fraction`."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise PawsightError(f"data folder not found: {root}")
+        raise PawsightError(f"data folder not found: {shown(root)}")
     if not root.is_dir():
-        raise PawsightError(f"not a folder: {root} (point pawsight at a folder of class sub-folders)")
-    top = class_dirs(root)
-    split_dirs = {SPLIT_ALIASES[n.lower()]: p for n, p in top.items() if n.lower() in SPLIT_ALIASES}
+        raise PawsightError(f"not a folder: {shown(root)} (point pawsight at a folder of class sub-folders)")
+    if not 0 <= val_fraction < 1:
+        raise PawsightError(f"validation fraction must be between 0 and 1, got {val_fraction}")
     skipped: list[Skip] = []
-    if split_dirs:
-        per_split = {split: {c: list_files(p, skipped) for c, p in class_dirs(d).items()}
-                     for split, d in split_dirs.items()}
-        classes = sorted({c for files in per_split.values() for c in files})
-        check_classes(root, classes, per_split)
-        index = {c: i for i, c in enumerate(classes)}
-        samples = [Sample(f, index[c], split) for split in SPLITS if split in per_split
-                   for c, files in sorted(per_split[split].items()) for f in files]
-        if "train" in per_split and "validation" not in per_split and val_fraction > 0:
-            samples = split_samples(samples, val_fraction, seed, from_split="train")
-        return DataSet(root, classes, samples, "split-folders", skipped)
-    per_class = {c: list_files(p, skipped) for c, p in top.items()}
-    classes = sorted(per_class)
-    check_classes(root, classes, {"train": per_class})
-    samples = [Sample(f, i, "train") for i, c in enumerate(classes) for f in per_class[c]]
-    if val_fraction > 0:
+    ignored: list[Skip] = []
+    split_dirs: dict[str, Path] = {}
+    plain: dict[str, Path] = {}
+    for name, path in sub_dirs(root).items():
+        if is_split_dir(path):
+            split = SPLIT_ALIASES[name.lower()]
+            if split in split_dirs:
+                raise PawsightError(f"both {shown(split_dirs[split].name)}/ and {shown(name)}/ in "
+                                    f"{shown(root)} name the {split} split; merge them or rename one")
+            split_dirs[split] = path
+        else:
+            plain[name] = path
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    if "train" in split_dirs:  # rule 5: split folders only
+        layout = "split-folders"
+        names = ", ".join(f"{d.name}/" for d in split_dirs.values())
+        for path in plain.values():
+            ignored.append(Skip(str(path), "a pawsight run directory (holds run.json), not a class"
+                                if is_run_dir(path) else
+                                f"not used: beside the split folders {names} only those are read; move it "
+                                "into train/ (and validation/) to make it a class"))
+        for f in loose_files(root):
+            ignored.append(Skip(str(f), "not inside a split folder"))
+    else:  # rule 5: class folders are the training pictures; validation/ and test/ folders kept as given
+        layout = "class-folders"
+        classes_here = read_classes(root, plain, "", skipped, ignored)
+        if classes_here:
+            per_split["train"] = classes_here
+        elif split_dirs:
+            layout = "split-folders"  # e.g. only test/<class>/: a folder to evaluate on
+    for split in SPLITS:
+        if split in split_dirs:
+            folder = split_dirs[split]
+            per_split[split] = read_classes(folder, sub_dirs(folder), f" of {folder.name}/", skipped, ignored)
+    classes = sorted({c for files in per_split.values() for c in files})
+    check_classes(root, classes, ignored)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = [Sample(f, index[c], split) for split in SPLITS if split in per_split
+               for c, files in sorted(per_split[split].items()) for f in files]
+    if "train" in per_split and "validation" not in per_split and val_fraction > 0:
         samples = split_samples(samples, val_fraction, seed, from_split="train")
-    return DataSet(root, classes, samples, "class-folders", skipped)
+    return DataSet(root, classes, samples, layout, skipped, ignored)
 
 
-def check_classes(root: Path, classes: list[str], per_split: dict[str, dict[str, list[Path]]]) -> None:
+def check_classes(root: Path, classes: list[str], ignored: list[Skip]) -> None:
+    unused = "".join(f"; not used: {shown(Path(s.path).name)} ({s.reason})" for s in ignored[:3])
     if len(classes) == 0:
         raise PawsightError(
-            f"no class folders in {root}: expected {root}/<class>/<images> (e.g. cats/, dogs/) "
-            f"or {root}/train/<class>/")
+            f"no class folders in {shown(root)}: expected {shown(root)}/<class>/<images> (e.g. cats/, dogs/) "
+            f"or {shown(root)}/train/<class>/{unused}")
     if len(classes) == 1:
-        raise PawsightError(f"only one class ({classes[0]!r}) in {root}: a classifier needs at least two "
-                            "class folders")
-    empty = [f"{split}/{c}" if len(per_split) > 1 or split != "train" else c
-             for split, files in per_split.items() for c, f in files.items() if not f]
-    if empty:
-        raise PawsightError(f"empty class folder(s) in {root}: {', '.join(empty)}")
+        raise PawsightError(f"only one class ({shown(classes[0])!r}) in {shown(root)}: a classifier needs at "
+                            f"least two class folders with pictures{unused}")
 
 
 def split_samples(samples: list[Sample], fraction: float, seed: int, from_split: str) -> list[Sample]:

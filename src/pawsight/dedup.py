@@ -177,4 +177,4 @@ def drop_duplicates(ds: DataSet, cache: ImageCache | None = None, prep: Preproce
     kept = [s for s in ds.samples if str(s.path) not in gone]
     dropped = [{"path": str(report.samples[i].path), "split": report.samples[i].split, "reason": why}
                for i, why in sorted(drop.items(), key=lambda kv: str(report.samples[kv[0]].path))]
-    return DataSet(ds.root, ds.classes, kept, ds.layout, list(ds.skipped)), dropped
+    return DataSet(ds.root, ds.classes, kept, ds.layout, list(ds.skipped), list(ds.ignored)), dropped

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from .cache import Decoded, ImageCache
 from .data import DataSet, scan
 from .dedup import NEAR_THRESHOLD, report_from_decoded
+from .errors import shown
 from .images import Preprocessing
 from .storage import atomic_write_bytes
 
@@ -49,6 +50,7 @@ def inspect_data(data: str | Path, val_fraction: float = 0.2, seed: int = 0, siz
         "files": len(ds.samples),
         "images": len(decoded.paths),
         "skipped": skipped,
+        "ignored": [s.to_dict() for s in ds.ignored],
         "duplicates": report.duplicates,
         "leaks": report.leaks,
         "conflicts": report.conflicts,
@@ -106,6 +108,8 @@ def warnings_for(r: dict[str, Any]) -> list[str]:
                    "transfer learning copes best with so few")
     if r["skipped"]:
         out.append(f"{len(r['skipped'])} file(s) skipped as unreadable (listed above)")
+    if r["ignored"]:
+        out.append(f"{len(r['ignored'])} folder(s) or file(s) not used (listed above with the reason)")
     if r["leaks"]:
         out.append(f"{len(r['leaks'])} picture(s) appear in more than one split: validation accuracy is "
                    "inflated; train with --drop-duplicates")
@@ -164,6 +168,10 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
         print(f"skipped {len(r['skipped'])} file(s):")
         for s in r["skipped"]:
             print(f"  {s['path']}: {s['reason']}")
+    if r["ignored"]:
+        print(f"not used: {len(r['ignored'])} folder(s) or file(s):")
+        for s in r["ignored"]:
+            print(f"  {shown(s['path'])}: {s['reason']}")
     for title, groups in (("duplicate groups", r["duplicates"]), ("leaks across splits", r["leaks"])):
         print(f"{title}: {len(groups)}")
         for g in groups[:20]:
