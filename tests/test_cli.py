@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,10 +49,13 @@ def test_missing_data_folder_is_one_line_error(tmp_path: Path) -> None:
     assert result.stderr.strip().startswith("error: data folder not found")
 
 
-def test_single_class_is_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_single_class_is_clear_error(tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "cats").mkdir()
+    shutil.copy(sorted((tiny / "train" / "cats").iterdir())[0], tmp_path / "cats")
+    (tmp_path / "dogs").mkdir()  # no pictures: not a class, and named in the error
     assert main(["data", "inspect", str(tmp_path)]) == 2
-    assert "only one class" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only one class" in err and "not used: dogs (no pictures" in err
 
 
 def test_evaluate_on_missing_run_is_clear_error(tmp_path: Path, tiny: Path) -> None:

@@ -1,5 +1,5 @@
-"""The data-folder rule (README "Data folders", data.py docstring): which folders are classes, which are splits,
-what is not used and why, and counts of what was actually read (issue 7, section 4)."""
+"""The data-folder rule (README "Data folders", data.py docstring): which folders are classes, which are
+splits, what is not used and why, and counts of what was actually read (issue 7, section 4)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pawsight import api, cli
+from pawsight import cli
 from pawsight.data import scan
 from pawsight.errors import PawsightError
 
@@ -49,7 +49,7 @@ def fake_run_dir(folder: Path, png: Path) -> Path:
 def test_run_directory_inside_the_data_folder_is_never_a_class(tmp_path: Path, photos) -> None:
     root = class_data(tmp_path / "data", photos)
     fake_run_dir(root / "my-run", photos["cats"][-1])
-    fake_run_dir(root / "runs" / "classical-1", photos["cats"][-1])  # the default runs/<name> from inside DATA
+    fake_run_dir(root / "runs" / "classical-1", photos["cats"][-1])  # default runs/<name>, run in DATA
     fake_run_dir(root / "cats" / "oops-run", photos["dogs"][-1])  # --out inside a class folder
     ds = scan(root, val_fraction=0)
     assert ds.classes == ["cats", "dogs"]

@@ -79,8 +79,9 @@ def test_size_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("head, fmt", [
     (b"\xff\xd8\xff\xdb", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF89a", "GIF"), (b"GIF87a", "GIF"),
-    (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"), (b"BM6\x00", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-    (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"PK\x03\x04", None), (b"%PDF-1.4", None), (b"", None),
+    (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"), (b"BM6\x00", "BMP"), (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"PK\x03\x04", None),
+    (b"%PDF-1.4", None), (b"", None),
     (b"RIFF\x10\x00\x00\x00WAVEfmt ", None),
 ])
 def test_sniff(head: bytes, fmt: str | None) -> None:
