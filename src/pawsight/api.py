@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,15 @@ from .cache import ImageCache
 from .data import SPLITS, DataSet, Sample, Skip, counts_of, scan
 from .errors import PawsightError
 from .evaluation import classification_metrics
-from .run import load_model, read_run_info, write_run_info
+from .run import (
+    check_out_vs_data,
+    load_model,
+    mark_failed,
+    open_for_training,
+    read_run_info,
+    resume_settings,
+    write_run_info,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -36,35 +45,57 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     """Train a model of `approach` on the data folder `data`, write the run directory `out`.
 
     Returns (model, info) where info is what `run.json` holds (metrics, timings, data summary).
+    `overwrite` replaces only a pawsight run (only the files pawsight wrote); `resume` continues `out` with
+    the options it was started with (approach, seed, val_fraction, drop_duplicates, model parameters).
     """
     from .models.base import make_model
 
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
     out = Path(out) if out is not None else Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume:
-        previous = _resume_params(out)
+        previous = resume_settings(out)
         approach, seed, val_fraction = previous["approach"], previous["seed"], previous["val_fraction"]
+        drop_duplicates = previous["drop_duplicates"]
         params = {k: v for k, v in {**previous["params"], **params}.items() if k != "seed"}  # seed: below
-    elif ((out / "run.json").exists() or (out / "checkpoint").exists()) and not overwrite and main:
-        raise PawsightError(f"{out} already holds a run; choose another --out, add --overwrite, "
-                            "or --resume it")
+    check_out_vs_data(out, Path(data))
     model = make_model(approach, seed=seed, **params) if "seed" in _accepted(approach) else \
         make_model(approach, **params)
-    prep = model.preprocessing
     ds = scan(data, val_fraction=val_fraction, seed=seed)
     if not ds.split("train"):
         raise PawsightError(f"{data} has no training images "
                             f"(expected {data}/<class>/ or {data}/train/<class>/)")
-    if overwrite and not resume and out.exists() and main:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Written first so an interrupted run can be resumed with the same settings; replaced when done.
+    lock = None
     if main:
-        write_run_info(out, {"approach": approach, "status": "training", "classes": ds.classes, "seed": seed,
-                             "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
-                             "preprocessing": prep.to_dict(), "data": {"root": str(Path(data).resolve())}})
+        lock, note = open_for_training(out, overwrite=overwrite, resume=resume)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(model, ds, data, out, approach, seed, val_fraction, drop_duplicates, cache, main, t0)
+    except Exception as exc:
+        if main:
+            reason = str(exc) if isinstance(exc, PawsightError) else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # the original error is what the user must see
+                mark_failed(out, reason)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: int, val_fraction: float,
+           drop_duplicates: bool, cache: ImageCache | None, main: bool, t0: float):
+    timings: dict[str, float] = {}
+    prep = model.preprocessing
+    # Every option `train --resume` needs, written first so an interrupted run continues with the same
+    # settings; replaced when done.
+    options = {"approach": approach, "classes": ds.classes, "seed": seed, "val_fraction": val_fraction,
+               "drop_duplicates": drop_duplicates, "params": _jsonable(model.get_params()),
+               "preprocessing": prep.to_dict()}
+    if main:
+        write_run_info(out, {**options, "status": "training", "data": {"root": str(Path(data).resolve())}})
     cache = cache or ImageCache()
     dropped: list[dict[str, Any]] = []
     if drop_duplicates:
@@ -99,10 +130,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     timings["save"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     info = {
-        "approach": approach, "classes": ds.classes, "seed": seed,
+        **options,
         "status": "interrupted" if getattr(model, "interrupted_", False) else "done",
-        "val_fraction": val_fraction, "params": _jsonable(model.get_params()),
-        "preprocessing": prep.to_dict(),
         "data": {"root": str(Path(data).resolve()), "layout": ds.layout,
                  "counts": {"train": counts_of(ds.classes, tr.labels),  # what was read, not what was listed
                             **({"validation": counts_of(ds.classes, va.labels)} if ds.split("validation")
@@ -175,22 +204,6 @@ def _accepted(approach: str) -> set[str]:
     from .models.base import model_class
 
     return set(inspect.signature(model_class(approach).__init__).parameters)
-
-
-def _resume_params(out: Path) -> dict[str, Any]:
-    import json
-
-    path = out / "run.json"
-    if not path.is_file():
-        raise PawsightError(f"nothing to resume in {out}: no run.json")
-    try:
-        info = json.loads(path.read_text())
-    except ValueError:
-        raise PawsightError(f"{path} is damaged; cannot resume") from None
-    if info.get("status") == "done":
-        raise PawsightError(f"{out} has finished training already; nothing to resume")
-    return {"approach": info["approach"], "seed": info.get("seed", 0),
-            "val_fraction": info.get("val_fraction", 0.2), "params": info.get("params", {})}
 
 
 def _evaluation_samples(data: PathLike, split: str | None, info: dict[str, Any]

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, default=None,
                     help="run directory to write (default: runs/<approach>-<time>)")
     tr.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue an interrupted run")
-    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing pawsight run directory (only the files pawsight wrote; refused "
+                         "when the folder holds anything else)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-fraction", type=float, default=0.2,
                     help="share of pictures held out for validation when DATA is not pre-split")
@@ -209,10 +211,13 @@ def train_command(args: argparse.Namespace) -> int:
     params.update(parse_set_params(args.set_params))
     if args.resume is not None:
         if args.data is None:
-            try:
-                args.data = Path(json.loads((args.resume / "run.json").read_text())["data"]["root"])
-            except (OSError, ValueError, KeyError):
-                raise PawsightError(f"nothing to resume in {args.resume}") from None
+            from .run import resume_settings
+
+            root = resume_settings(args.resume)["data"]
+            if not root:
+                raise PawsightError(f"{args.resume} does not record its data folder; give it: "
+                                    f"pawsight train DATA --resume {args.resume}")
+            args.data = Path(root)
         _, info = train(args.data, out=args.resume, resume=True, **params)
     else:
         if args.data is None:

@@ -9,16 +9,25 @@
 
 Every file is written atomically; `run.json` is written last, so a run directory with a complete `run.json`
 has a complete model.
+
+This module is the only reader of `run.json` and the only code that decides what may be removed from a run
+directory: `train --overwrite` removes only the entries in OWNED_FILES / OWNED_DIRS (what pawsight writes),
+and refuses when anything else is there. A training holds an OS lock on RUN/.lock (fcntl.flock, released by
+the kernel when the process dies, so a kill -9 never leaves a stale lock) so two trainings never write the
+same directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import PawsightError
+from .errors import PawsightError, shown
 from .storage import atomic_write_json
 
 RUN_FORMAT = 1
@@ -55,9 +64,14 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
     from .models.base import model_class
 
     info = read_run_info(run_dir)
+    if info.get("status") == "failed":
+        raise PawsightError(f"training in {shown(run_dir)} failed ({shown(info.get('error', '?'))}); run the "
+                            "train command again" + (f" or 'pawsight train --resume {shown(run_dir)}'"
+                                                     if has_checkpoint(Path(run_dir)) else ""))
     if info.get("status") not in ("done", "interrupted"):
-        raise PawsightError(f"training in {run_dir} did not finish (status: {info.get('status', '?')}); "
-                            f"continue it with 'pawsight train --resume {run_dir}'")
+        raise PawsightError(f"training in {shown(run_dir)} did not finish (status: "
+                            f"{info.get('status', '?')}); continue it with "
+                            f"'pawsight train --resume {shown(run_dir)}'")
     cls = model_class(info["approach"])
     try:
         model = cls.load(Path(run_dir))
@@ -71,3 +85,210 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
         raise PawsightError(f"{run_dir} is inconsistent: model classes {model.classes_} differ from run.json "
                             f"classes {info['classes']}")
     return model
+
+
+# -- what pawsight writes in a run directory (the only things --overwrite may remove) ------------------
+
+# Files at the top of a run directory that pawsight writes.
+OWNED_FILES = frozenset({"run.json", "model.json", "model.safetensors", "history.csv", "history.json",
+                         "manifest.json", "report.html", ".lock"})
+# Folders pawsight writes, with the file names allowed inside them (nothing else, no sub-folders).
+OWNED_DIRS: dict[str, tuple[str, ...]] = {
+    "checkpoint": (r"[\w.-]+\.safetensors", r"state\.json"),
+    "checkpoint.new": (r"[\w.-]+\.safetensors", r"state\.json"),
+    "checkpoint.old": (r"[\w.-]+\.safetensors", r"state\.json"),
+    "evaluations": (r"[^/]+\.json",),
+    "plots": (r"[^/]+\.(png|svg|json|html)",),
+}
+_TMP = re.compile(r"\..+\.[\w-]+\.tmp")  # leftovers of storage.atomic_write_* killed mid-write
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """True when `path` holds a run.json that parses as a pawsight run description (any format version)."""
+    return _read_raw(Path(path)) is not None
+
+
+def _read_raw(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(info, dict) and "format" in info and "approach" in info and "classes" in info:
+        return info
+    return None
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """Names (relative to `run_dir`) of everything pawsight did not write there."""
+    foreign: list[str] = []
+    for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):
+        name = entry.name
+        if entry.is_symlink():
+            foreign.append(name)
+        elif entry.is_dir():
+            allowed = OWNED_DIRS.get(name)
+            if allowed is None:
+                foreign.append(name + "/")
+                continue
+            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                ok = sub.is_file(follow_symlinks=False) and (
+                    any(re.fullmatch(p, sub.name) for p in allowed) or _TMP.fullmatch(sub.name))
+                if not ok:
+                    foreign.append(f"{name}/{sub.name}" + ("/" if sub.is_dir(follow_symlinks=False) else ""))
+        elif not (name in OWNED_FILES or _TMP.fullmatch(name)):
+            foreign.append(name)
+    return foreign
+
+
+def _remove_owned(run_dir: Path) -> None:
+    """Delete what pawsight wrote in `run_dir` (call only after foreign_entries() came back empty), file by
+    file, so anything that appeared meanwhile stays and stops the removal."""
+    for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):
+        if entry.name == ".lock":
+            continue  # held by this process
+        if entry.is_dir(follow_symlinks=False) and entry.name in OWNED_DIRS:
+            for sub in os.scandir(entry.path):
+                os.unlink(sub.path)
+            try:
+                os.rmdir(entry.path)
+            except OSError:
+                raise PawsightError(f"{shown(entry.path)} changed while it was being replaced; "
+                                    "nothing else was removed, run the command again") from None
+        elif entry.name in OWNED_FILES or _TMP.fullmatch(entry.name):
+            os.unlink(entry.path)
+
+
+def _listing(names: list[str], limit: int = 3) -> str:
+    shown_names = ", ".join(shown(n) for n in names[:limit])
+    return shown_names + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_out_vs_data(out: Path, data: Path) -> None:
+    """Refuse a run directory equal to, inside, or containing the data folder (symlinks resolved): it would
+    become a class folder on the next run, or --overwrite would remove pictures."""
+    o, d = Path(os.path.realpath(out)), Path(os.path.realpath(data))
+    if o == d:
+        where = "is the data folder"
+    elif d in o.parents:
+        where = "is inside the data folder"
+    elif o in d.parents:
+        where = "contains the data folder"
+    else:
+        return
+    raise PawsightError(f"--out {shown(out)} {where} {shown(data)}; choose a run directory outside it")
+
+
+# -- one training at a time per run directory ----------------------------------------------------------
+
+class RunLock:
+    """An exclusive flock on RUN/.lock held for a whole training; the pid is written in the file so a
+    refused second process can say who holds it. The kernel drops the lock when the holder dies."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise PawsightError(f"{shown(self.path.parent)} is being written by another pawsight process "
+                                f"(pid {shown(pid)}); wait for it to finish or choose another --out"
+                                ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((Path(run_dir) / n / "state.json").is_file() for n in ("checkpoint", "checkpoint.old"))
+
+
+def open_for_training(out: Path, *, overwrite: bool = False, resume: bool = False) -> tuple[RunLock, str]:
+    """Lock `out` for a training and make room in it; returns (lock, note) where note says what was replaced
+    ("" when nothing). Never removes anything pawsight did not write; refuses with one line instead."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PawsightError(f"--out {shown(out)} is a file, not a folder; choose another --out")
+    if resume:
+        if not is_run_dir(out):
+            raise PawsightError(f"nothing to resume in {shown(out)}: no pawsight run.json there")
+    elif out.is_dir() and not is_run_dir(out):
+        present = [e.name for e in sorted(os.scandir(out), key=lambda e: e.name) if e.name != ".lock"]
+        if present:
+            raise PawsightError(
+                f"--out {shown(out)} is not empty and not a pawsight run (it holds {_listing(present)}); "
+                + ("--overwrite only replaces a pawsight run directory, so nothing was removed; " if overwrite
+                   else "") + "choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out).acquire()
+    try:
+        note = "" if resume else _make_room(out, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, note
+
+
+def _make_room(out: Path, overwrite: bool) -> str:
+    info = _read_raw(out)
+    if info is None:
+        return ""
+    status = info.get("status", "?")
+    checkpoint = has_checkpoint(out)
+    error = f" ({info['error']})" if info.get("error") else ""
+    if not overwrite:
+        if status == "interrupted" and checkpoint:
+            raise PawsightError(f"{shown(out)} holds an interrupted training; continue it with "
+                                f"'pawsight train --resume {shown(out)}', or add --overwrite to start again")
+        if status in ("done", "interrupted"):
+            raise PawsightError(f"{shown(out)} already holds a trained run; choose another --out, or add "
+                                "--overwrite to replace it")
+        if checkpoint:
+            raise PawsightError(f"training in {shown(out)} did not finish (status {status}{error}) and "
+                                "left a checkpoint; continue it with "
+                                f"'pawsight train --resume {shown(out)}', or add --overwrite to start again")
+    foreign = foreign_entries(out)
+    if foreign:
+        raise PawsightError(f"{shown(out)} also holds files pawsight did not write ({_listing(foreign)}); "
+                            "nothing was removed: move them away or choose another --out")
+    _remove_owned(out)
+    if overwrite:
+        return f"replaced the run in {shown(out)}"
+    return f"replaced the unfinished run in {shown(out)} (status {status}{error})"
+
+
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """Record that the training in `run_dir` stopped on an error, so the same command can be run again."""
+    info = _read_raw(Path(run_dir))
+    if info is None or info.get("status") != "training":
+        return
+    info = {k: v for k, v in info.items() if k not in ("format", "pawsight_version")}
+    write_run_info(run_dir, {**info, "status": "failed", "error": reason})
+
+
+def resume_settings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything `train --resume` needs to continue with the options the run was started with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise PawsightError(f"nothing to resume in {shown(run_dir)}: no run.json")
+    info = read_run_info(run_dir)
+    if info.get("status") == "done":
+        raise PawsightError(f"{shown(run_dir)} has finished training already; nothing to resume")
+    data = info.get("data") or {}
+    return {"approach": info["approach"], "seed": info.get("seed", 0),
+            "val_fraction": info.get("val_fraction", 0.2),
+            "drop_duplicates": bool(info.get("drop_duplicates", False)),
+            "params": info.get("params", {}), "data": data.get("root")}
