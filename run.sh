@@ -3,6 +3,7 @@
 #   ./run.sh demo [--data DIR]   set up, then download (or use DIR), inspect, train, evaluate, predict
 #   ./run.sh test [PYTEST ARGS]  set up, then lint and run the test suite
 #   ./run.sh bench [NAME]        set up, then run benchmarks/ (prints tables)
+#   ./run.sh notebook            set up (+ JupyterLab, once), then open the lesson notebook
 #   ./run.sh setup               only create/refresh the environment in .venv
 # Set-up is skipped when .venv already matches pyproject.toml, so re-runs start at once.
 set -euo pipefail
@@ -94,9 +95,21 @@ case "$cmd" in
   test)
     setup
     ensure_chromium
-    "$VENV/bin/ruff" check src tests benchmarks
+    "$VENV/bin/ruff" check src tests benchmarks notebooks
     "$VENV/bin/python" -m pytest -q "$@"
     ;;
   bench) setup; "$VENV/bin/python" benchmarks/run.py "$@" ;;
-  *) sed -n '2,7p' "$0"; [ "$cmd" = help ] ;;
+  notebook)
+    setup
+    if ! "$VENV/bin/python" -c "import jupyterlab" 2>/dev/null; then
+      echo "installing JupyterLab into $VENV (once)" >&2
+      # shellcheck disable=SC2086
+      "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${PAWSIGHT_PIP_ARGS:-} -e ".[dev,lab]" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    fi
+    # Jupyter refuses to run as root unless told (containers often run as root).
+    if [ "$(id -u)" = 0 ]; then set -- --allow-root "$@"; fi
+    exec "$VENV/bin/python" -m jupyterlab notebooks/image-recognition.ipynb "$@"
+    ;;
+  *) sed -n '2,8p' "$0"; [ "$cmd" = help ] ;;
 esac

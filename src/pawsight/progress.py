@@ -1,4 +1,5 @@
-"""Progress bars on stderr, only when a person is watching (a terminal), silent in logs and CI."""
+"""Progress bars only when a person is watching: a terminal (on stderr) or a Jupyter notebook (a widget),
+silent in logs and CI. PAWSIGHT_PROGRESS=1 / =0 forces them on / off."""
 
 from __future__ import annotations
 
@@ -7,19 +8,32 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # the notebook widget under Jupyter (with ipywidgets), text bars elsewhere
 
 T = TypeVar("T")
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (notebook, JupyterLab, VS Code), where stderr is not a terminal but a
+    person still watches the cell's output."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # noqa: BLE001 - a broken or partial IPython install: no notebook
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def enabled() -> bool:
     if os.environ.get("PAWSIGHT_PROGRESS") in ("0", "1"):
         return os.environ["PAWSIGHT_PROGRESS"] == "1"
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() or in_notebook()
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    """`items`, with a live bar (rate and ETA) when stderr is a terminal."""
+    """`items`, with a live bar (rate and ETA) when someone is watching (see `enabled`)."""
     yield from tqdm(items, total=total, desc=desc, unit=unit, disable=not enabled(), leave=False,
                     dynamic_ncols=True)
 
