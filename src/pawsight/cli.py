@@ -7,6 +7,7 @@
     pawsight evaluate RUN DATA [--json]          score a run on labelled pictures
     pawsight predict RUN IMAGE... [--json]       label new pictures
     pawsight cache info | clear [PART...]        what the cache folder holds; free it
+    pawsight serve RUN [--port 8000]             a web page and REST API (a run or an exported .onnx)
 
 Errors the user can fix are printed as one line (`error: ...`, exit status 2); never a traceback.
 """
@@ -137,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=1)
     pr.add_argument("--json", action="store_true")
 
+    sv = sub.add_parser("serve", help="a web page and REST API for a run directory or an exported .onnx file",
+                        epilog="Needs the serve extra (pip install 'pawsight[serve]'), not PyTorch. "
+                               "The page is at http://HOST:PORT/, the API reference at /docs.")
+    sv.add_argument("run", type=Path, help="run directory or exported .onnx file")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: this machine only; 0.0.0.0 for every network)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--threshold", type=float, default=None,
+                    help="unknown-threshold instead of the one calibrated at training time")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    sv.add_argument("--max-batch", type=int, default=16,
+                    help="most pictures the model takes at once from concurrent requests (1: no batching)")
+
     from .cache import CACHE_PARTS, REBUILT
 
     ca = sub.add_parser("cache", help="show or free the cache folder ($PAWSIGHT_CACHE, ~/.cache/pawsight)")
@@ -200,6 +214,8 @@ def run_command(args: argparse.Namespace) -> int:
         return evaluate_command(args)
     if args.command == "cache":
         return cache_command(args)
+    if args.command == "serve":
+        return serve_command(args)
     return predict_command(args)
 
 
@@ -286,6 +302,30 @@ def predict_command(args: argparse.Namespace) -> int:
         for s in skipped:
             print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        from .serve.app import bind_socket, create_app, make_server
+    except ImportError as exc:
+        raise PawsightError(f"serving needs the serve extra ({exc.name} is missing): "
+                            "pip install 'pawsight[serve]'") from None
+    if not 0 <= args.port <= 65535:
+        raise PawsightError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_batch < 1:
+        raise PawsightError("--max-upload-mb must be positive and --max-batch at least 1")
+    app = create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
+                     max_batch=args.max_batch)
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        raise PawsightError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"serving {shown(args.run)} on http://{shown_host}:{port}/ (API reference: /docs; Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    make_server(app).run(sockets=[sock])
+    return 0
 
 
 def cache_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,423 @@
+"""The HTTP face of one predictor: a web page at `/`, `POST /predict`, `GET /health`, `GET /model`, `/docs`.
+
+The server is thin on purpose: it checks and decodes uploads (images.open_rgb + the run's own
+Preprocessing), hands the pixels to `pawsight.inference` and returns its records as JSON. It never decides a
+label or normalises pixels itself, so the page, the API, the CLI and Python give the same answer.
+
+Concurrent requests are micro-batched: a single worker thread runs the model; whatever requests queued up
+while it was busy go into its next call as one batch (`max_batch=1` turns this off). Decoding runs in the
+request threads, in parallel with the model.
+
+No PyTorch is imported here: a classical run or an exported .onnx file serves with the `serve` extra only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from .. import __version__
+from ..images import MAX_PIXELS, ImageError, open_rgb
+
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_FILES = 32
+DEFAULT_MAX_BATCH = 16
+# A too-large body is read and thrown away up to this many bytes, so the client gets to read the 413
+# answer (a server that hangs up mid-upload looks like a network error); beyond it the connection closes.
+DRAIN_LIMIT = 256 * 2**20
+RAW_TYPES = ("application/octet-stream",)  # besides image/*: decided by content, like every picture
+
+
+class UploadRejected(Exception):
+    """A request pawsight will not predict on; `status` and one-line `message` go back as JSON."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def load_predictor(path: str | os.PathLike[str], threshold: float | None = None) -> Any:
+    """The predictor of a run directory or an exported .onnx file (pawsight.inference)."""
+    try:
+        from ..inference import load
+    except ImportError:  # TEMPORARY until pawsight.inference lands in main
+        from ._adapter import load
+    return load(path, threshold=threshold)
+
+
+class MicroBatcher:
+    """One worker thread runs the model; requests that arrive while it is busy form its next batch."""
+
+    def __init__(self, predict: Any, max_batch: int = DEFAULT_MAX_BATCH, wait_seconds: float = 0.0) -> None:
+        self.predict, self.max_batch, self.wait_seconds = predict, max(1, int(max_batch)), wait_seconds
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[list[dict[str, Any]]]]] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pawsight-model")
+        self.batches = 0
+        self.images = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def __call__(self, images: np.ndarray) -> list[dict[str, Any]]:
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((images, future))
+        return await future
+
+    async def _next_batch(self) -> list[tuple[np.ndarray, asyncio.Future[list[dict[str, Any]]]]]:
+        items = [await self.queue.get()]
+        count = len(items[0][0])
+        deadline = asyncio.get_running_loop().time() + self.wait_seconds
+        while count < self.max_batch:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            items.append(item)
+            count += len(item[0])
+        return items
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._next_batch()
+            items = [(x, f) for x, f in items if not f.done()]  # the client went away
+            if not items:
+                continue
+            batch = np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0]
+            try:
+                records = await loop.run_in_executor(self.executor, self.predict, batch)
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which answers 500
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.images += len(batch)
+            start = 0
+            for x, future in items:
+                if not future.done():
+                    future.set_result(records[start:start + len(x)])
+                start += len(x)
+
+
+def create_app(predictor_or_path: Any, *, threshold: float | None = None,
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
+               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0) -> FastAPI:
+    """The FastAPI app serving a predictor, or the run directory / .onnx file at `predictor_or_path`.
+
+    `threshold` (only with a path) overrides the run's unknown-threshold. Uploads larger than `max_upload_mb`
+    (the whole request body) or with more than `max_files` pictures are refused with 413; each picture may
+    hold at most images.MAX_PIXELS pixels. `max_batch` caps a micro-batch (1 = one request at a time);
+    `batch_wait_ms` lets the model wait that long for more requests before it starts a batch.
+    """
+    if isinstance(predictor_or_path, str | os.PathLike):
+        predictor = load_predictor(predictor_or_path, threshold)
+    elif threshold is not None:
+        raise ValueError("threshold applies when loading from a path; load the predictor with it instead")
+    else:
+        predictor = predictor_or_path
+    max_bytes = int(max_upload_mb * 2**20)
+    prep = predictor.preprocessing
+    classes = [str(c) for c in predictor.classes_]
+    batcher = MicroBatcher(predictor.predict_records, max_batch=max_batch, wait_seconds=batch_wait_ms / 1000)
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="pawsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=f"Image recognition with a trained pawsight model ({predictor.approach}: "
+                              f"{', '.join(classes)}). The web page is at `/`.")
+    app.state.predictor, app.state.batcher = predictor, batcher
+
+    @app.exception_handler(UploadRejected)
+    async def rejected(request: Request, exc: UploadRejected) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid request", "details": jsonable(exc.errors())}, status_code=422)
+
+    def decode(name: str, data: bytes) -> np.ndarray:
+        """The model's input for one uploaded picture (the run's Preprocessing), or ImageError."""
+        return prep(open_rgb(name, min_size=prep.size, data=data))
+
+    def decode_all(uploads: list[tuple[str, bytes]]) -> list[np.ndarray | str]:
+        out: list[np.ndarray | str] = []
+        for name, data in uploads:
+            try:
+                out.append(decode(name, data))
+            except ImageError as exc:
+                out.append(str(exc))
+        return out
+
+    @app.post("/predict", summary="Label one or several pictures", openapi_extra=PREDICT_OPENAPI,
+              response_description="one record per picture, in upload order")
+    async def predict(request: Request) -> JSONResponse:
+        """Send pictures as multipart/form-data field `file` (repeat it for several) or one picture as the
+        raw request body with an `image/*` content type. Each record holds `label` (a class, or `unknown`
+        for a picture of none of them), `probability`, `probabilities` per class and `unknown_score`; a
+        picture that cannot be read gets `error` instead. If none can be read the answer is 422."""
+        t0 = time.perf_counter()
+        uploads = await read_uploads(request, max_bytes, max_files)
+        from starlette.concurrency import run_in_threadpool
+
+        decoded = await run_in_threadpool(decode_all, uploads)
+        good = [x for x in decoded if isinstance(x, np.ndarray)]
+        records = iter(await batcher(np.stack(good)) if good else [])
+        out: list[dict[str, Any]] = []
+        for (name, _), x in zip(uploads, decoded, strict=True):
+            if isinstance(x, str):
+                out.append({"file": name, "error": x})
+            else:
+                out.append({"file": name, **jsonable(next(records))})
+        body = {"predictions": out, "classes": classes, "seconds": round(time.perf_counter() - t0, 4)}
+        if not good:
+            reasons = "; ".join(f"{r['file']}: {r['error']}" for r in out)
+            return JSONResponse({"error": f"no readable picture ({reasons})", **body}, status_code=422)
+        return JSONResponse(body)
+
+    @app.get("/health", summary="Is the server up?")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "uptime_seconds": round(time.time() - started, 1),
+                "batches": batcher.batches, "images": batcher.images}
+
+    @app.get("/model", summary="What the model is: classes, approach, metrics, preprocessing, threshold")
+    async def model() -> dict[str, Any]:
+        info = dict(getattr(predictor, "info", None) or {})
+        return jsonable({
+            "classes": classes, "approach": predictor.approach,
+            "metrics": info.get("metrics", {}), "preprocessing": prep.to_dict(),
+            "threshold": getattr(predictor, "threshold", None),
+            "limits": {"max_upload_bytes": max_bytes, "max_files": max_files, "max_pixels": MAX_PIXELS},
+            "pawsight_version": __version__,
+        })
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        if name not in STATIC_FILES:
+            raise StarletteHTTPException(404, f"no such file: {name}")
+        return FileResponse(STATIC / name, headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi()), headers=PAGE_HEADERS)
+
+    return app
+
+
+STATIC_FILES = {"app.js", "style.css"}
+# The page uses nothing but its own files: no CDN, no inline script, works offline.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                           "style-src 'self'; script-src 'self'; connect-src 'self'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+PREDICT_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                 "description": "one or several pictures (repeat the field)"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}, "responses": {"413": {"description": "upload too large"}, "415": {"description": "not a picture upload"},
+                  "422": {"description": "no readable picture"}}}
+
+
+async def read_uploads(request: Request, max_bytes: int, max_files: int) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each picture in the request, checked against the limits."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    multipart = ctype == "multipart/form-data"
+    if not (multipart or ctype.startswith("image/") or ctype in RAW_TYPES):
+        shown = ctype or "none"
+        raise UploadRejected(415, f"unsupported content type {shown!r}: send pictures as multipart/form-data "
+                                  "field 'file' (curl -F file=@photo.jpg) or one picture as the body with an "
+                                  "image/* content type (curl --data-binary @photo.jpg -H 'Content-Type: "
+                                  "image/jpeg')")
+    body = await read_body(request, max_bytes)
+    if not multipart:
+        if not body:
+            raise UploadRejected(400, "empty request body: send a picture")
+        return [(request.query_params.get("filename", "body"), body)]
+
+    async def one_chunk() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        parser = MultiPartParser(request.headers, one_chunk(), max_files=max_files, max_fields=100)
+        form = await parser.parse()
+    except MultiPartException as exc:
+        message = str(exc.message if hasattr(exc, "message") else exc)
+        if "Too many files" in message:
+            raise UploadRejected(413, f"too many pictures in one request (at most {max_files})") from None
+        raise UploadRejected(400, f"malformed multipart body: {message}") from None
+    try:
+        uploads: list[tuple[str, bytes]] = []
+        for value in form.getlist("file"):
+            if not isinstance(value, UploadFile):
+                raise UploadRejected(400, "field 'file' must be a file upload (curl -F file=@photo.jpg), "
+                                          "not a text value")
+            uploads.append((value.filename or f"file {len(uploads) + 1}", await value.read()))
+    finally:
+        await form.close()
+    if not uploads:
+        fields = ", ".join(sorted(set(form.keys()))) or "none"
+        raise UploadRejected(400, f"no field named 'file' in the form (fields sent: {fields}); "
+                                  "send each picture as field 'file'")
+    return uploads
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, or 413 once it passes `max_bytes` (announced or streamed)."""
+    too_large = UploadRejected(413, f"upload too large: the limit is {max_bytes / 2**20:g} MB per request "
+                                    "(pawsight serve --max-upload-mb)")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT:
+        raise too_large  # not worth reading; the connection is closed after the answer
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            chunks.clear()  # keep reading (and dropping) so the client sees the answer
+            if total > DRAIN_LIMIT:
+                break
+            continue
+        chunks.append(chunk)
+    if total > max_bytes:
+        raise too_large
+    return b"".join(chunks)
+
+
+def jsonable(obj: Any) -> Any:
+    """NumPy scalars and arrays as plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def docs_page(spec: dict[str, Any]) -> str:
+    """The API reference as one self-contained HTML page made from the OpenAPI document.
+
+    FastAPI's own /docs loads Swagger UI from a CDN, which fails offline and leaks the visit; no installed
+    package ships those assets, so this page lists the same OpenAPI document with no script at all."""
+    esc = html.escape
+    rows = []
+    for path, methods in spec.get("paths", {}).items():
+        for method, op in methods.items():
+            body = op.get("requestBody", {}).get("content", {})
+            responses = ", ".join(f"{code} {esc(r.get('description', ''))}"
+                                  for code, r in op.get("responses", {}).items())
+            rows.append(
+                f"<section><h2><code>{esc(method.upper())} {esc(path)}</code></h2>"
+                f"<p>{esc(op.get('summary', ''))}</p>"
+                + (f"<p>{esc(op['description'])}</p>" if op.get("description") else "")
+                + (f"<p><b>Request body:</b> {esc(', '.join(body))}</p>" if body else "")
+                + f"<p><b>Responses:</b> {responses}</p></section>")
+    info = spec.get("info", {})
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>pawsight API</title>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            "<link rel=icon href='data:,'><link rel=stylesheet href='/static/style.css'></head>"
+            f"<body class=docs><main><h1>{esc(info.get('title', 'pawsight'))} API "
+            f"{esc(str(info.get('version', '')))}</h1><p>{esc(info.get('description', ''))}</p>"
+            "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3). Example: "
+            "<code>curl -F file=@photo.jpg http://HOST:PORT/predict</code></p>"
+            + "".join(rows) + "</main></body></html>")
+
+
+# -- running it -------------------------------------------------------------------------------------------
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one), or OSError with the system's reason."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app: FastAPI, log_level: str = "info", access_log: bool = True) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
+                                         timeout_keep_alive=30, server_header=False))
+
+
+@contextlib.contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread for the duration of the block; yields its base URL."""
+    sock = bind_socket(host, port)
+    server = make_server(app, log_level="warning", access_log=False)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name="pawsight-server")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
