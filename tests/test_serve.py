@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -237,27 +238,62 @@ def test_serve_command_errors_are_one_line(tmp_path: Path, classical_run: Path) 
     assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
 
 
-def test_serve_command_serves(classical_run: Path, photos: list[Path]) -> None:
+def without_torch(folder: Path) -> dict[str, str]:
+    """Environment for a subprocess in which importing torch, torchvision or timm fails (and is recorded)."""
+    log = folder / "imported.txt"
+    for name in ("torch", "torchvision", "timm"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(
+            f"with open({str(log)!r}, 'a') as f:\n    f.write('{name}\\n')\n"
+            f"raise ImportError('{name} is not installed (blocked by the test)')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder), str(ROOT / "src")]))
+    return env
+
+
+def serve_in_subprocess(target: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """`pawsight serve target` on a free port; returns the process and its URL once /health answers."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "pawsight", "serve", str(classical_run),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pawsight", "serve", str(target), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"serve did not start: {proc.communicate()[1]}") from None
+            time.sleep(0.2)
+
+
+def check_predict_and_serve_without_torch(target: Path, photos: list[Path], tmp_path: Path) -> None:
+    """`pawsight predict` and `pawsight serve` on `target` work where torch cannot be imported, and agree."""
+    env = without_torch(tmp_path / "blocked")
+    cli = subprocess.run([sys.executable, "-m", "pawsight", "predict", str(target), *map(str, photos),
+                          "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert cli.returncode == 0, cli.stderr
+    expected = {Path(p["path"]).name: p["label"] for p in json.loads(cli.stdout)["predictions"]}
+    assert len(expected) == len(photos)
+    proc, url = serve_in_subprocess(target, env)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(proc.stderr.read()) from None
-                time.sleep(0.2)
-        r = httpx.post(url + "/predict", files={"file": (photos[0].name, photos[0].read_bytes())}, timeout=60)
-        assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("cats", "dogs")
+        files = [("file", (p.name, p.read_bytes())) for p in photos]
+        r = httpx.post(url + "/predict", files=files, timeout=120)
+        assert r.status_code == 200, r.text
+        assert {x["file"]: x["label"] for x in r.json()["predictions"]} == expected
+        assert httpx.get(url + "/").status_code == 200
     finally:
         proc.terminate()
         proc.wait(30)
+    assert not (tmp_path / "blocked" / "imported.txt").exists(), \
+        "something tried to import " + (tmp_path / "blocked" / "imported.txt").read_text()
+
+
+def test_classical_run_predicts_and_serves_without_torch(classical_run: Path, photos: list[Path],
+                                                         tmp_path: Path) -> None:
+    check_predict_and_serve_without_torch(classical_run, photos, tmp_path)

@@ -82,8 +82,9 @@ def page(site: str):
 
 def shown_bars(page) -> dict[str, float]:
     bars = page.locator("#bars li")
-    return {bars.nth(i).get_attribute("data-class"):
-            float(bars.nth(i).locator("[role=meter]").get_attribute("aria-valuenow")) for i in range(bars.count())}
+    meters = [bars.nth(i).locator("[role=meter]") for i in range(bars.count())]
+    return {bars.nth(i).get_attribute("data-class"): float(m.get_attribute("aria-valuenow"))
+            for i, m in enumerate(meters)}
 
 
 def test_pick_a_cat_photo_shows_it_with_label_and_bars(page, site: str, tiny: Path) -> None:
