@@ -1,0 +1,287 @@
+"""`pawsight serve` under load vs the plain way: a FastAPI endpoint running the eager PyTorch model per
+request.
+
+    ./run.sh bench serve                         # 2,000 requests per phase, the default transfer run
+    ./run.sh bench serve --requests 500 --run runs/t
+
+Each server runs in its own process on 127.0.0.1 (a free port) and is sent multipart uploads of ~500x375
+JPEGs from the data folder (cycled, the same sequence for every server): first by 1 client (latency), then
+by 16 concurrent clients (throughput, errors, latency). Three servers:
+- `pawsight serve RUN` (decode + the run's Preprocessing in request threads, micro-batched model thread);
+- the same with `--max-batch 1` (no micro-batching), to show whether batching earns its place;
+- "plain": PIL open, torchvision Resize/CenterCrop/ToTensor/Normalize, the run's network in eager PyTorch,
+  batch 1, in a plain synchronous FastAPI endpoint.
+The server's resident memory is sampled every 0.25 s during each phase (start, peak and end are shown).
+The run is the default transfer recipe (`pawsight train DATA`), trained into the cache if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# at module level: FastAPI resolves the plain endpoint's annotations here
+from fastapi import FastAPI, File, UploadFile
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cats_and_dogs"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the plain way -------------------------------------------------------------------------------------------
+
+def plain_app(run: Path):
+    """What a FastAPI tutorial would write: per request PIL, torchvision transforms, eager model, batch 1."""
+    import io
+
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from pawsight.run import load_model
+
+    model = load_model(run)
+    head = torch.nn.Linear(model.head_weight_.shape[1], model.head_weight_.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(model.head_weight_))
+        head.bias.copy_(torch.from_numpy(model.head_bias_))
+    net = torch.nn.Sequential(model.net_, head).eval()
+    size = model.preprocessing.size
+    normalize = transforms.Normalize(model.spec_.mean, model.spec_.std)
+    transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                    transforms.ToTensor(), normalize])
+    classes = list(model.classes_)
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict:  # noqa: B008 - FastAPI's idiom
+        image = Image.open(io.BytesIO(file.file.read())).convert("RGB")
+        with torch.no_grad():
+            proba = net(transform(image).unsqueeze(0)).softmax(1)[0]
+        best = int(proba.argmax())
+        return {"label": classes[best], "probability": float(proba[best]),
+                "probabilities": {c: float(p) for c, p in zip(classes, proba, strict=True)}}
+
+    return app
+
+
+def serve_plain(run: Path, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(plain_app(run), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- client -------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process on a free port; `rss` samples its resident memory while `sampling`."""
+
+    def __init__(self, name: str, command: list[str], log: Path) -> None:
+        self.name, self.port = name, free_port()
+        self.log = log.open("w")
+        path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, PYTHONPATH=path)
+        self.proc = subprocess.Popen([*command, "--port", str(self.port)], stdout=self.log, stderr=self.log,
+                                     env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.samples: list[float] = []
+        self._sampling = False
+
+    def wait(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} server did not start; see {self.log.name}")
+            time.sleep(0.3)
+
+    def sample(self):
+        import psutil
+
+        process = psutil.Process(self.proc.pid)
+        self.samples = []
+        self._sampling = True
+
+        def loop() -> None:
+            while self._sampling:
+                try:
+                    self.samples.append(process.memory_info().rss / 2**20)
+                except psutil.Error:
+                    return
+                time.sleep(0.25)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+    def stop_sampling(self, thread: threading.Thread) -> tuple[float, float, float]:
+        self._sampling = False
+        thread.join()
+        s = self.samples or [float("nan")]
+        return s[0], max(s), s[-1]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+async def load_test(url: str, payloads: list[tuple[str, bytes]], requests: int, clients: int
+                    ) -> tuple[list[float], int, float]:
+    """Send `requests` uploads with `clients` concurrent connections: (latencies s, errors, wall s)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal next_index, errors
+            while next_index < requests:
+                name, data = payloads[next_index % len(payloads)]
+                next_index += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/predict", files={"file": (name, data, "image/jpeg")})
+                    ok = r.status_code == 200 and "label" in (r.json().get("predictions", [r.json()])[0])
+                except (httpx.HTTPError, ValueError):
+                    ok = False
+                latencies.append(time.perf_counter() - t)
+                errors += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(clients)])
+        wall = time.perf_counter() - t0
+    return latencies, errors, wall
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def pick_photos(data: Path, n: int = 64) -> list[tuple[str, bytes]]:
+    """Up to `n` JPEGs of about 500x375 pixels (the benchmark's request), in a fixed order."""
+    from PIL import Image
+
+    out = []
+    for path in sorted((data / "validation").rglob("*.jpg")):
+        with Image.open(path) as im:
+            if im.format == "JPEG" and 480 <= im.width <= 500 and 360 <= im.height <= 375:
+                out.append((path.name, path.read_bytes()))
+        if len(out) == n:
+            break
+    if not out:
+        raise SystemExit(f"no ~500x375 JPEG under {data}/validation")
+    return out
+
+
+def default_run(data: Path) -> Path:
+    from pawsight.cache import default_cache_dir
+
+    run = default_cache_dir() / "bench-runs" / "serve-transfer"
+    if not (run / "run.json").is_file():
+        print(f"training the default transfer run into {run} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pawsight", "train", str(data), "--out", str(run),
+                        "--overwrite"], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    return run
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--run", type=Path, default=None, help="run directory or .onnx (default: trained)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per phase")
+    parser.add_argument("--plain-requests", type=int, default=None,
+                        help="requests per phase for the plain server (default: --requests)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--servers", default="pawsight,pawsight-no-batching,plain")
+    parser.add_argument("--plain-server", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.plain_server:
+        serve_plain(args.plain_server, args.port)
+        return 0
+    os.environ.setdefault("PAWSIGHT_PROGRESS", "0")
+    run = args.run or default_run(args.data)
+    payloads = pick_photos(args.data)
+    print(f"run: {run}  pictures: {len(payloads)} JPEGs of ~500x375 from {args.data}/validation  "
+          f"cores: {len(os.sched_getaffinity(0))}  load average at start: {os.getloadavg()[0]:.2f}\n",
+          flush=True)
+    commands = {
+        "pawsight": [sys.executable, "-m", "pawsight", "serve", str(run)],
+        "pawsight-no-batching": [sys.executable, "-m", "pawsight", "serve", str(run), "--max-batch", "1"],
+        "plain": [sys.executable, str(Path(__file__).resolve()), "--plain-server", str(run)],
+    }
+    rows = ["| server | clients | requests | errors | requests/s | p50 ms | p99 ms "
+            "| server RSS MB start / peak / end |",
+            "|---|---|---|---|---|---|---|---|"]
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    logdir = Path(os.environ.get("TMPDIR", "/tmp"))
+    for name in args.servers.split(","):
+        if name not in commands:
+            print(f"unknown server {name!r}; choose from {', '.join(commands)}", file=sys.stderr)
+            return 2
+        server = Server(name, commands[name], logdir / f"pawsight-bench-serve-{name}.log")
+        try:
+            server.wait()
+            asyncio.run(load_test(server.url, payloads, 32, 4))  # warm-up: sessions, threads, caches
+            n = args.plain_requests if name == "plain" and args.plain_requests else args.requests
+            phases = [args.clients] if name == "pawsight-no-batching" else [1, args.clients]
+            for clients in phases:
+                thread = server.sample()
+                latencies, errors, wall = asyncio.run(load_test(server.url, payloads, n, clients))
+                start, peak, end = server.stop_sampling(thread)
+                r = {"rps": n / wall, "p50": percentile(latencies, 50) * 1000,
+                     "p99": percentile(latencies, 99) * 1000, "errors": errors}
+                results[(name, clients)] = r
+                rows.append(f"| {name} | {clients} | {n} | {errors} | {r['rps']:.1f} | {r['p50']:.1f} "
+                            f"| {r['p99']:.1f} | {start:.0f} / {peak:.0f} / {end:.0f} |")
+                print(rows[-1], flush=True)
+        finally:
+            server.close()
+    print("\n" + "\n".join(rows))
+    c = args.clients
+    if ("pawsight", 1) in results:
+        p50 = results[("pawsight", 1)]["p50"]
+        print(f"\npawsight p50 latency with 1 client: {p50:.1f} ms (goal <= 30 ms)")
+    if ("pawsight", c) in results and ("plain", c) in results:
+        ratio = results[("pawsight", c)]["rps"] / results[("plain", c)]["rps"]
+        print(f"pawsight / plain throughput with {c} clients: {ratio:.2f}x (goal >= 4x)")
+    if ("pawsight", c) in results and ("pawsight-no-batching", c) in results:
+        ratio = results[("pawsight", c)]["rps"] / results[("pawsight-no-batching", c)]["rps"]
+        print(f"micro-batching on / off throughput with {c} clients: {ratio:.2f}x")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (the 2 cores are shared with other work; the "
+          "client runs on the same cores as the server)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
