@@ -360,3 +360,34 @@ def test_clear_during_a_load_stops_it_not_wrong_rows(tmp_path: Path, zoo, monkey
     out = cache.load(paths, PREP)
     for p, img in zip(out.paths, out.images, strict=True):
         np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
+
+
+def test_decode_failures_are_remembered_per_decoder_version(tmp_path: Path, zoo) -> None:
+    """A failure found by this Pillow is not retried; one recorded by another Pillow version is (a file an
+    older decoder could not read must not stay 'unreadable' after an upgrade until 'cache clear')."""
+    import json
+
+    from pawsight.images import DECODER
+
+    folder, valid, _ = zoo
+    bad, good = folder / "truncated.jpg", folder / "photo.jpg"
+    cache = ImageCache(tmp_path / "cache")
+    first = cache.load([bad, good], PREP)
+    assert first.decoded == 2 and [Path(s.path).name for s in first.skipped] == ["truncated.jpg"]
+    assert cache.load([bad, good], PREP).decoded == 0  # same decoder: the failure is remembered
+
+    meta_path = cache.root / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    [h_bad] = [h for h, m in meta.items() if "error" in m]
+    assert meta[h_bad]["decoder"] == DECODER
+    # The cache as an older Pillow left it: that one could read neither file.
+    [h_good] = [h for h, m in meta.items() if "error" not in m]
+    meta[h_bad]["decoder"] = meta[h_good]["decoder"] = "Pillow 1.0"
+    meta[h_good] = {"error": "not an image (unknown or garbled format)", "decoder": "Pillow 1.0"}
+    meta_path.write_text(json.dumps(meta))
+    index_path = cache.root / "pixels" / PREP.key / "index.json"
+    index_path.write_text(json.dumps({}))
+    again = cache.load([bad, good], PREP)
+    assert again.decoded == 2  # both tried again with this Pillow
+    assert [p.name for p in again.paths] == ["photo.jpg"]  # and the readable one is no longer skipped
+    np.testing.assert_array_equal(again.images[0], expected(good))

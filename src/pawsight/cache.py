@@ -25,7 +25,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from .data import Sample, Skip
-from .errors import PawsightError
-from .images import ImageError, Preprocessing, file_hash, open_checked, open_rgb, perceptual_hash
+from .errors import PawsightError, shown
+from .images import DECODER, ImageError, Preprocessing, file_hash, open_checked, open_rgb, perceptual_hash
 from .progress import progress
-from .storage import atomic_write_bytes, atomic_write_json
+from .storage import CACHE_ADVICE, WriteError, atomic_write_bytes, atomic_write_json, writing
 
 FORMAT = 2  # 2: phash from a reduced thumbnail, pixels keyed '-v2'
 APPEND_ROWS = 256  # decoded rows held in memory before they are appended to the pool
@@ -75,10 +75,19 @@ class ImageCache:
             return {}  # missing or damaged: rebuilt from the files
         return data if isinstance(data, dict) else {}
 
+    def _writing(self, what: str = "the decode cache") -> Any:
+        """Disk errors inside become one line: what failed, where, and 'free space or cache clear'."""
+        return writing(what, self.root, CACHE_ADVICE)
+
+    def _write_json(self, path: Path, obj: Any) -> None:
+        atomic_write_json(path, obj, what="the decode cache", advice=CACHE_ADVICE)
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "lock", "a+") as fh:
+        with self._writing():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = open(self.root / "lock", "a+")  # noqa: SIM115 - only its opening is a disk write
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -123,10 +132,13 @@ class ImageCache:
 
         n_decoded = 0
         if todo:
+            with self._writing():
+                self.root.mkdir(parents=True, exist_ok=True)  # a file or /proc in the way: say so first
             new_files: dict[str, str] = {}
             new_meta: dict[str, Any] = {}
             rows: dict[str, np.ndarray] = {}  # decoded but not yet appended to the pool
             written: dict[str, int] = {}  # hash -> pool row appended by this call
+            appended: list[tuple[int, int]] = []  # pool byte ranges this call appended and has not indexed
             pending = False
 
             def work(i: int) -> tuple[int, str | None, str | None, dict[str, Any] | None, np.ndarray | None]:
@@ -134,7 +146,8 @@ class ImageCache:
 
             # Threads, not processes: Pillow releases the GIL while decoding and resampling, and results
             # (150 kB of pixels each) need no pickling; rows stream to the pool in chunks: memory stays flat.
-            with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+            pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+            try:
                 results = pool.map(work, todo)
                 for i, sig, h, info, pixels in progress(results, total=len(todo), desc=desc, unit="img"):
                     if h is None:  # could not even be read: reason is in info
@@ -152,12 +165,20 @@ class ImageCache:
                     if pixels is not None and h not in index and h not in written:
                         rows[h] = pixels
                         if len(rows) >= APPEND_ROWS:
-                            written.update(self._append_rows(prep, rows, generation))
+                            written.update(self._append_rows(prep, rows, generation, appended))
                             rows = {}
-            if rows:
-                written.update(self._append_rows(prep, rows, generation))
-            if pending:
-                index = self._commit(prep, written, new_files, new_meta, generation)
+                if rows:
+                    written.update(self._append_rows(prep, rows, generation, appended))
+                if pending:
+                    index = self._commit(prep, written, new_files, new_meta, generation, appended)
+            except WriteError:
+                pool.shutdown(wait=True, cancel_futures=True)  # stop decoding: nothing more can be kept
+                self._discard(prep, appended, generation)
+                raise
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
 
         out = self._gather(paths, hashes, labels, meta, index, prep, decoded=n_decoded)
         self._check_generation(generation)  # rows mapped after a clear could be another picture's
@@ -173,28 +194,61 @@ class ImageCache:
         return {h: r for h, r in index.items() if isinstance(r, int) and 0 <= r < n_rows}
 
     def _append_rows(self, prep: Preprocessing, rows: dict[str, np.ndarray], generation: str,
-                     ) -> dict[str, int]:
-        """Append pixel rows to the pool (under the lock, briefly); their row numbers, not yet indexed."""
+                     appended: list[tuple[int, int]]) -> dict[str, int]:
+        """Append pixel rows to the pool (under the lock, briefly); their row numbers, not yet indexed.
+
+        The byte range is added to `appended`; a failed write (disk full) cuts the pool back to where it was.
+        """
         pool_dir = self._pool_dir(prep)
         size = row_bytes(prep)
-        with self._locked():
+        with self._locked(), self._writing():
             self._check_generation(generation)
             pool_dir.mkdir(parents=True, exist_ok=True)
-            with open(pool_dir / "pool.u8", "ab") as fh:
+            with open(pool_dir / "pool.u8", "ab", buffering=0) as fh:  # unbuffered: nothing left to flush
                 start = fh.seek(0, os.SEEK_END)
                 if start % size:  # a torn write from an interrupted run: cut back to a row boundary
                     fh.truncate(start - start % size)
                     start = fh.seek(0, os.SEEK_END)
                 n0 = start // size
-                for a in rows.values():  # straight from each array's buffer: no joined copy
-                    fh.write(memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B"))
+                try:
+                    for a in rows.values():  # straight from each array's buffer: no joined copy
+                        view = memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B")
+                        while view:  # a short write (disk filling up) is legal: write the rest
+                            view = view[fh.write(view):]
+                except BaseException:
+                    os.ftruncate(fh.fileno(), start)  # frees what this chunk wrote; needs no space
+                    raise
+                appended.append((start, fh.tell()))
         return {h: n0 + k for k, h in enumerate(rows)}
 
+    def _discard(self, prep: Preprocessing, appended: list[tuple[int, int]], generation: str) -> None:
+        """Cut the rows this call appended but never indexed off the end of the pool (after a failed write):
+        they would only take space. Rows another process appended after them are kept (and so are ours)."""
+        if not appended:
+            return
+        try:
+            with self._locked():
+                if self._generation() != generation:
+                    return  # cleared meanwhile: the pool is another one
+                path = self._pool_dir(prep) / "pool.u8"
+                end = path.stat().st_size
+                for start, stop in reversed(appended):
+                    if stop != end:
+                        break
+                    end = start
+                os.truncate(path, end)
+        except (OSError, PawsightError):
+            pass  # best effort: unindexed rows are harmless, only wasted space
+        appended.clear()
+
     def _commit(self, prep: Preprocessing, written: dict[str, int], files: dict[str, str],
-                meta: dict[str, Any], generation: str) -> dict[str, int]:
-        """Make appended rows durable, then publish them: index.json, files.json, meta.json (merged)."""
+                meta: dict[str, Any], generation: str, appended: list[tuple[int, int]]) -> dict[str, int]:
+        """Make appended rows durable, then publish them: index.json, files.json, meta.json (merged).
+
+        Once index.json names the rows, `appended` is emptied: published rows are never cut off again.
+        """
         pool_dir = self._pool_dir(prep)
-        with self._locked():
+        with self._locked(), self._writing():
             self._check_generation(generation)  # rows appended to a pool since deleted must not be indexed
             index = self._valid_index(pool_dir, prep)
             fresh = {h: r for h, r in written.items() if h not in index}  # another writer may have won
@@ -202,14 +256,15 @@ class ImageCache:
                 with open(pool_dir / "pool.u8", "rb") as fh:
                     os.fsync(fh.fileno())  # rows on disk before any index points at them
                 index.update(fresh)
-                atomic_write_json(pool_dir / "index.json", index)
+                self._write_json(pool_dir / "index.json", index)
+            appended.clear()
             # merge with what other processes wrote meanwhile, then replace atomically
             disk_files = self._read_json(self.root / "files.json")
             disk_files.update(files)
-            atomic_write_json(self.root / "files.json", disk_files)
+            self._write_json(self.root / "files.json", disk_files)
             disk_meta = self._read_json(self.root / "meta.json")
             disk_meta.update(meta)
-            atomic_write_json(self.root / "meta.json", disk_meta)
+            self._write_json(self.root / "meta.json", disk_meta)
         return index
 
     def _gather(self, paths: list[Path], hashes: list[str | None], labels: Sequence[int] | None,
@@ -284,9 +339,10 @@ def stat_signature(path: Path) -> str | None:
 
 
 def known(h: str, meta: dict[str, Any], index: dict[str, int]) -> bool:
-    """Is content `h` fully cached: its meta, and its pixels (or the reason it has none)?"""
+    """Is content `h` fully cached: its meta, and its pixels (or the reason it has none, found by this very
+    decoder: a file an older Pillow could not read is tried again after an upgrade)?"""
     info = meta.get(h)
-    return isinstance(info, dict) and (h in index or "error" in info)
+    return isinstance(info, dict) and (h in index or ("error" in info and info.get("decoder") == DECODER))
 
 
 def decode_file(path: Path, prep: Preprocessing, is_known: Callable[[str], bool] = lambda h: False,
@@ -313,9 +369,10 @@ def decode_file(path: Path, prep: Preprocessing, is_known: Callable[[str], bool]
             info["phash"] = perceptual_hash(im)
             return sig, h, info, prep(im)
         except ImageError as exc:
-            return sig, h, {"error": str(exc)}, None
+            return sig, h, {"error": str(exc), "decoder": DECODER}, None
         except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one file, not the run
-            return sig, h, {"error": f"unreadable image: {type(exc).__name__}: {exc}"}, None
+            reason = f"unreadable image: {type(exc).__name__}: {exc}"
+            return sig, h, {"error": reason, "decoder": DECODER}, None
 
 
 # -- looking after the cache folder (`pawsight cache info|clear`) ----------------------------------------
@@ -377,11 +434,13 @@ def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None
                             f"choose from: {', '.join(CACHE_PARTS)}")
     cache = ImageCache(root)
     if not cache.root.is_dir():
+        if cache.root.exists():
+            raise PawsightError(f"the cache folder {shown(cache.root)} is a file, not a folder; "
+                                "set PAWSIGHT_CACHE to a folder")
         return 0
     freed = 0
-    with cache._locked():
-        if any(p == "pixels" or one_pool(p) for p in parts):
-            atomic_write_bytes(cache.root / "generation", os.urandom(8).hex().encode())
+    with cache._locked(), cache._writing("the cache folder"):
+        # Delete first, write after: on a full disk this must free space before it needs any.
         for part in parts:
             for name in (part,) if one_pool(part) else CACHE_PARTS[part][0]:
                 path = cache.root / name
@@ -394,4 +453,16 @@ def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None
                     shutil.rmtree(trash, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+        if any(p == "pixels" or one_pool(p) for p in parts):
+            new_generation(cache.root)
     return freed
+
+
+def new_generation(root: Path) -> None:
+    """Tell running loads that pixel rows they read before now mean nothing: a new generation stamp, or, if
+    even that cannot be written, no stamp (which also differs from what they saw, unless none existed)."""
+    try:
+        atomic_write_bytes(root / "generation", os.urandom(8).hex().encode())
+    except (OSError, PawsightError):
+        with suppress(OSError):
+            (root / "generation").unlink(missing_ok=True)

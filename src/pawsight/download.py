@@ -51,7 +51,7 @@ from . import __version__
 from .cache import default_cache_dir
 from .errors import PawsightError
 from .progress import bar, progress
-from .storage import atomic_write_json, atomic_write_text
+from .storage import DISK_ERRORS, FULL, atomic_write_json, atomic_write_text, disk_error
 
 MIRROR_ENV = "PAWSIGHT_DATASETS_URL"
 MARKER = ".pawsight-extracted.json"
@@ -157,9 +157,14 @@ def download(dataset: str | Remote, root: str | os.PathLike[str] | None = None, 
         expected = remote.sha256 or recorded_sha256(root, remote)
         if done is not None and expected in (None, done) and data.is_dir():
             return data  # extracted and verified earlier: no network access
+        advice = "free some space or choose another --dir"
         try:
             archive, sha = fetch(remote, root, timeout=timeout, retries=retries)
         except OSError as exc:  # disk full, permissions: not the network's fault
+            if exc.errno in FULL:  # the partial download is what fills the disk: it goes
+                (root / f"{remote.filename}.part").unlink(missing_ok=True)
+            if exc.errno in DISK_ERRORS:
+                raise disk_error(exc, f"the download of {remote.filename}", root, advice) from None
             raise PawsightError(f"cannot write in {root}: {exc.strerror or exc}") from None
         try:
             extract(archive, target, {"dataset": remote.name, "archive": remote.filename, "sha256": sha})
@@ -168,7 +173,9 @@ def download(dataset: str | Remote, root: str | os.PathLike[str] | None = None, 
             if remote.sha256 is None:
                 record_path(root, remote).unlink(missing_ok=True)
             raise BadArchive(f"{exc}; deleted {archive}") from None
-        except OSError as exc:
+        except OSError as exc:  # extract() removed its partial folder
+            if exc.errno in DISK_ERRORS:
+                raise disk_error(exc, f"the files of {archive.name}", root, advice) from None
             raise PawsightError(f"cannot extract {archive.name} into {root}: {exc.strerror or exc}") from None
     if not data.is_dir():
         raise PawsightError(f"{remote.filename} has no folder {remote.folder!r}: is it another file?")

@@ -20,6 +20,7 @@ from struct import error as struct_error
 from typing import IO, Any, Literal
 
 import numpy as np
+import PIL
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Pixels one image may declare before it is treated as a decompression bomb (e.g. a 200-byte PNG that
@@ -38,6 +39,9 @@ HEADER_BYTES = 32  # enough for every signature below
 # Pillow formats accepted, each recognised by its first bytes (what Pillow is then allowed to try).
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF")
 FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF"
+
+# What decides whether a file can be decoded: failures remembered under another decoder are tried again.
+DECODER = f"Pillow {PIL.__version__}"
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from .cache import Decoded, ImageCache
 from .data import DataSet, scan
 from .dedup import NEAR_THRESHOLD, report_from_decoded
-from .errors import shown
+from .errors import PawsightError, shown
 from .images import Preprocessing
 from .storage import atomic_write_bytes
 
@@ -35,8 +35,11 @@ def inspect_data(data: str | Path, val_fraction: float = 0.2, seed: int = 0, siz
                  cache: ImageCache | None = None, threshold: int = NEAR_THRESHOLD) -> dict[str, Any]:
     """Everything `data inspect` reports, as a JSON-ready dict (see module docstring)."""
     t0 = time.perf_counter()
+    try:
+        prep = Preprocessing(size=size)
+    except ValueError as exc:
+        raise PawsightError(f"--size {size}: {exc}") from None
     ds = scan(data, val_fraction=val_fraction, seed=seed)
-    prep = Preprocessing(size=size)
     decoded = (cache or ImageCache()).load_samples(ds.samples, prep, desc="decoding")
     seconds = time.perf_counter() - t0
     report = report_from_decoded(ds, ds.samples, decoded, threshold)
@@ -142,7 +145,8 @@ def contact_sheet(classes: list[str], decoded: Decoded, per_class: int = 8, thum
 def write_sheet(path: Path, image: Image.Image) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), what="the contact sheet",
+                       advice="free some space or choose another --sheet")
 
 
 def print_report(r: dict[str, Any], sheet: Path | None) -> None:
@@ -194,8 +198,8 @@ def inspect_command(args: argparse.Namespace) -> int:
     try:
         write_sheet(sheet, contact_sheet(result["classes"], decoded))
         result["contact_sheet"] = str(sheet)
-    except OSError as exc:
-        print(f"warning: could not write the contact sheet {sheet}: {exc.strerror or exc}", file=sys.stderr)
+    except PawsightError as exc:  # a full disk or a folder in the way: the report is still worth printing
+        print(f"warning: no contact sheet: {exc}", file=sys.stderr)
         sheet = None
     if args.json:
         print(json.dumps(result, indent=2))

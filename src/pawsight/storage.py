@@ -3,38 +3,120 @@ row store that caches computed features."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import PawsightError, shown
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# errno -> what the user is told; every write pawsight makes turns these into one line (see `writing`)
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a file is where a folder is expected",
+    errno.EEXIST: "a file is where a folder is expected",
+    errno.EISDIR: "a folder is where a file is expected",
+    errno.ENOENT: "the folder cannot be created there",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error (failing disk?)",
+}
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class WriteError(PawsightError):
+    """A write failed for a reason the user can fix (disk full, read-only, permissions, a file in the way)."""
+
+
+def disk_error(exc: OSError, what: str, where: str | os.PathLike[str], advice: str = "") -> WriteError:
+    """One line for a failed write: the reason in words, what was being written where, and what to do.
+
+    `advice` is for a full disk (after "free some space"); other reasons say to choose another place.
+    """
+    reason = DISK_ERRORS.get(exc.errno or 0, exc.strerror or str(exc) or type(exc).__name__)
+    if exc.errno in FULL:
+        todo = advice or "free some space or write somewhere else"
+    elif "PAWSIGHT_CACHE" in advice:
+        todo = "set PAWSIGHT_CACHE to a folder you can write to"
+    else:
+        todo = "choose another folder"
+    return WriteError(f"{reason} while writing {what} in {shown(where)}; {todo}")
+
+
+@contextmanager
+def writing(what: str, where: str | os.PathLike[str], advice: str = "") -> Iterator[None]:
+    """Turn a disk error (full, read-only, no permission, a file where a folder should be) raised inside into
+    one WriteError line (disk_error). The code inside removes its own partial files."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except PawsightError:
+        raise
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise disk_error(exc, what, where, advice) from None
         raise
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = None) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=indent is not None) + "\n")
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, what: str | None = None,
+                       advice: str = "") -> None:
+    """Write `path` so a reader (or a crash) sees the old file or the new one, never half of one.
+
+    A disk error becomes one PawsightError line naming `what` (default: the file name); the temporary file is
+    removed and the previous `path` is left as it was.
+    """
+    path = Path(path)
+    with writing(what or path.name, path.parent, advice):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, what: str | None = None,
+                      advice: str = "") -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), what, advice)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = None,
+                      what: str | None = None, advice: str = "") -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=indent is not None) + "\n", what, advice)
+
+
+CACHE_ADVICE = "free space or run 'pawsight cache clear' or set PAWSIGHT_CACHE to another folder"
 
 
 class RowStore:
@@ -82,8 +164,13 @@ class RowStore:
         shard = hashlib.blake2b("".join(keys).encode(), digest_size=10).hexdigest()
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(rows, np.float32), allow_pickle=False)
+        what, advice = "cached features", CACHE_ADVICE
+        rows_path, keys_path = self.dir / f"{shard}.npy", self.dir / f"{shard}.json"
+        existed = keys_path.exists()
+        atomic_write_bytes(rows_path, buf.getvalue(), what, advice)
         try:
-            atomic_write_bytes(self.dir / f"{shard}.npy", buf.getvalue())
-            atomic_write_json(self.dir / f"{shard}.json", keys)
-        except OSError:
-            pass  # a read-only or full cache costs speed next time, never the result
+            atomic_write_json(keys_path, keys, what=what, advice=advice)
+        except BaseException:
+            if not existed:  # rows no index names would only take space
+                rows_path.unlink(missing_ok=True)
+            raise
