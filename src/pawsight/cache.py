@@ -250,6 +250,9 @@ class ImageCache:
         pool_dir = self._pool_dir(prep)
         with self._locked(), self._writing():
             self._check_generation(generation)  # rows appended to a pool since deleted must not be indexed
+            for folder in (self.root, pool_dir):  # cache tables are only written under this lock, so a
+                for stale in folder.glob(".*.tmp"):  # temporary file seen now is a killed writer's litter
+                    stale.unlink(missing_ok=True)
             index = self._valid_index(pool_dir, prep)
             fresh = {h: r for h, r in written.items() if h not in index}  # another writer may have won
             if fresh:
