@@ -20,14 +20,18 @@ import numpy as np
 from .cache import ImageCache
 from .data import SPLITS, DataSet, Sample, Skip, counts_of, scan
 from .errors import PawsightError
-from .evaluation import classification_metrics
+from .evaluation import classification_metrics, picture_predictions
 from .run import (
     check_out_vs_data,
     load_model,
     mark_failed,
     open_for_training,
+    read_manifest,
     read_run_info,
     resume_settings,
+    save_evaluation,
+    sha256_many,
+    write_manifest,
     write_run_info,
 )
 
@@ -118,15 +122,24 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
         return model, {}
 
     metrics: dict[str, Any] = {}
+    validation: dict[str, Any] | None = None
     if len(va.labels):
         t = time.perf_counter()
         proba = model.predict_proba(va.images)
         timings["evaluate"] = time.perf_counter() - t
         metrics["validation"] = classification_metrics(va.labels, proba, ds.classes)
+        validation = {**metrics["validation"], "split": "validation", "data": str(Path(data)),
+                      "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped],
+                      "predictions": picture_predictions(va.paths, va.labels, proba, ds.classes)}
     metrics["train_size"] = len(tr.labels)
 
     t = time.perf_counter()
     model.save(out)
+    used = [(p, ds.classes[int(y)], split) for split, d in (("train", tr), ("validation", va))
+            for p, y in zip(d.paths, d.labels, strict=True)]
+    write_manifest(out, ds.root, used)
+    if validation is not None:
+        save_evaluation(out, validation)
     timings["save"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     info = {
@@ -146,14 +159,21 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
 
 
 def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
-             cache: ImageCache | None = None) -> dict[str, Any]:
+             cache: ImageCache | None = None, save: bool = True) -> dict[str, Any]:
     """Score a trained run on a data folder. `split`: train, validation, test or all; default: the test split
-    if the folder has one, else validation for pre-split folders, else every picture in the folder."""
+    if the folder has one, else the pictures the run validated on when `data` is its training folder (from its
+    manifest, so pictures added since are not scored), else validation for pre-split folders, else every
+    picture in the folder.
+
+    Returns the metrics, `predictions` (one dict per picture: path, label, predicted, probabilities in the
+    model's class order, loss = -log p(true class)) and `saved`: the file under RUN/evaluations/ it was saved
+    to (None with `save=False`, or when the run directory cannot be written: then `save_error` says why).
+    """
     model = load_model(run_dir)
     info = read_run_info(run_dir)
     t0 = time.perf_counter()
-    samples, used_split, ds = _evaluation_samples(data, split, info)
     classes = list(model.classes_)
+    samples, used_split, ds, selection = _evaluation_samples(data, split, info, run_dir, classes)
     unknown = [c for c in ds.classes if c not in classes]
     if unknown:
         raise PawsightError(f"{data} has class folder(s) the model does not know: {', '.join(unknown)} "
@@ -165,9 +185,16 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     proba = model.predict_proba(decoded.images) if len(decoded.labels) else np.zeros((0, len(classes)))
     seconds_predict = time.perf_counter() - t
     result = classification_metrics(decoded.labels, proba, classes)
-    result.update(split=used_split, data=str(Path(data)), run=str(run_dir),
+    result.update(split=used_split, selection=selection, data=str(Path(data)), run=str(run_dir),
                   skipped=[s.to_dict() for s in ds.skipped + decoded.skipped],
-                  seconds={"predict": round(seconds_predict, 3), "total": round(time.perf_counter() - t0, 3)})
+                  seconds={"predict": round(seconds_predict, 3), "total": round(time.perf_counter() - t0, 3)},
+                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes))
+    result["saved"] = None
+    if save:
+        try:
+            result["saved"] = str(save_evaluation(run_dir, result))
+        except OSError as exc:  # a read-only run (someone else's) still gets its scores
+            result["save_error"] = f"{exc.strerror or exc}"
     return result
 
 
@@ -206,27 +233,51 @@ def _accepted(approach: str) -> set[str]:
     return set(inspect.signature(model_class(approach).__init__).parameters)
 
 
-def _evaluation_samples(data: PathLike, split: str | None, info: dict[str, Any]
-                        ) -> tuple[list[Sample], str, DataSet]:
+def _evaluation_samples(data: PathLike, split: str | None, info: dict[str, Any], run_dir: PathLike,
+                        classes: list[str]) -> tuple[list[Sample], str, DataSet, str]:
+    """(samples, split, data set, selection); selection says where the list came from: "manifest" (the
+    run's own record of its training/validation pictures) or "folder" (what the folder holds now)."""
     ds = scan(data, val_fraction=0.0)
+    root = (info.get("data") or {}).get("root")
+    manifest = read_manifest(run_dir) if root and os.path.realpath(data) == os.path.realpath(root) else []
     if split in (None, "auto"):
         if "test" in ds.splits:
             split = "test"
-        elif ds.layout == "split-folders" and "validation" in ds.splits:
+        elif manifest or (ds.layout == "split-folders" and "validation" in ds.splits):
             split = "validation"
         else:
             split = "all"
     if split == "all":
-        return ds.samples, "all", ds
+        return ds.samples, "all", ds, "folder"
     if split not in SPLITS:
         raise PawsightError(f"unknown split {split!r}; use train, validation, test or all")
+    if manifest and split in ("train", "validation"):
+        return (*_manifest_samples(Path(data), manifest, split, classes), "manifest")
     if ds.layout == "class-folders" and split in ("train", "validation"):
         # the same seeded split training made, so 'validation' means the held-out pictures
         ds = scan(data, val_fraction=info.get("val_fraction", 0.2), seed=info.get("seed", 0))
     samples = ds.split(split)
     if not samples:
         raise PawsightError(f"{data} has no '{split}' pictures (splits present: {', '.join(ds.splits)})")
-    return samples, split, ds
+    return samples, split, ds, "folder"
+
+
+def _manifest_samples(root: Path, manifest: list[dict[str, str]], split: str, classes: list[str]
+                      ) -> tuple[list[Sample], str, DataSet]:
+    """The pictures of `split` the run recorded; removed or changed ones are skipped with the reason."""
+    wanted = [m for m in manifest if m["split"] == split and m["label"] in classes]
+    paths = [root / m["path"] for m in wanted]
+    hashes = sha256_many(paths)
+    samples: list[Sample] = []
+    skipped: list[Skip] = []
+    for m, path, h in zip(wanted, paths, hashes, strict=True):
+        if h is None:
+            skipped.append(Skip(str(path), f"in the run's {split} pictures but no longer in the data folder"))
+        elif h != m["sha256"]:
+            skipped.append(Skip(str(path), f"in the run's {split} pictures but changed since training"))
+        else:
+            samples.append(Sample(path, classes.index(m["label"]), split))
+    return samples, split, DataSet(root, list(classes), samples, "manifest", skipped)
 
 
 def _drop_duplicates(ds: DataSet, cache: ImageCache, prep) -> tuple[DataSet, list[dict[str, Any]]]:

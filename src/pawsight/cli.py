@@ -129,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", type=Path)
     ev.add_argument("data", type=Path)
     ev.add_argument("--split", default=None, help="train, validation, test or all (default: test if present, "
-                                                  "else validation of a pre-split folder, else all)")
+                                                  "else the pictures the run validated on when DATA is its "
+                                                  "training folder, else validation of a pre-split folder, "
+                                                  "else all)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--no-save", action="store_true",
+                    help="do not save this evaluation under RUN/evaluations/")
 
     pr = sub.add_parser("predict", help="label new pictures")
     pr.add_argument("run", type=Path)
@@ -271,11 +275,15 @@ def print_train_summary(info: dict[str, Any]) -> None:
 def evaluate_command(args: argparse.Namespace) -> int:
     from .api import evaluate
 
-    result = evaluate(args.run, args.data, split=args.split)
+    result = evaluate(args.run, args.data, split=args.split, save=not args.no_save)
+    if result.get("save_error"):
+        print(f"note: the evaluation was not saved in {args.run} ({result['save_error']})", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['run']} on {result['data']} ({result['split']}): accuracy "
+    manifest = result.get("selection") == "manifest"
+    which = ": the pictures the run validated on, from its manifest" if manifest else ""
+    print(f"{result['run']} on {result['data']} ({result['split']}{which}): accuracy "
           f"{(result['accuracy'] or 0):.2%} on {result['n_images']} pictures")
     width = max(len(c) for c in result["classes"])
     print(f"{'class':<{width}}  precision  recall     f1  support")
@@ -286,6 +294,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(f"  {c:<{width}}  " + "  ".join(f"{v:5d}" for v in row))
     for s in result["skipped"]:
         print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if result.get("saved"):
+        print(f"saved with one prediction per picture: {result['saved']}", file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,3 +33,22 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         "confusion_matrix": cm.tolist(),
         "classes": classes,
     }
+
+
+def picture_predictions(paths: list[Path], y_true: np.ndarray, proba: np.ndarray, classes: list[str]
+                        ) -> list[dict[str, Any]]:
+    """One record per picture: path (absolute), label (true class), predicted, probabilities (in `classes`
+    order) and loss = -log p(true class): what top-losses views and reports are drawn from."""
+    proba = np.asarray(proba, dtype=np.float64)
+    predicted = predicted_labels(proba, classes)
+    out = []
+    for path, y, p, label in zip(paths, np.asarray(y_true, dtype=np.int64), proba, predicted, strict=True):
+        out.append({"path": str(Path(path).absolute()), "label": classes[int(y)], "predicted": label,
+                    "probabilities": [float(v) for v in p],
+                    "loss": float(-np.log(max(float(p[int(y)]), 1e-12)))})
+    return out
+
+
+def predicted_labels(proba: np.ndarray, classes: list[str]) -> list[str]:
+    """The predicted class names (argmax, as the metrics above count them)."""
+    return [classes[int(i)] for i in np.asarray(proba).argmax(axis=1)] if len(proba) else []

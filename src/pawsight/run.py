@@ -6,6 +6,10 @@
     RUN/*.safetensors      learned tensors; never pickle
     RUN/history.csv|json   per-epoch history (deep learning)
     RUN/checkpoint/        state to resume an interrupted training
+    RUN/manifest.json      the exact training and validation pictures (path in the data folder, SHA-256,
+                           label, split): `evaluate` on the training folder scores what it validated on
+    RUN/evaluations/*.json each evaluation (the training's validation one too): metrics and one prediction per
+                           picture {path, label, predicted, probabilities, loss}
 
 Every file is written atomically; `run.json` is written last, so a run directory with a complete `run.json`
 has a complete model.
@@ -20,9 +24,12 @@ same directory.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +299,151 @@ def resume_settings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "val_fraction": info.get("val_fraction", 0.2),
             "drop_duplicates": bool(info.get("drop_duplicates", False)),
             "params": info.get("params", {}), "data": data.get("root")}
+
+
+# -- the record of what a run saw and said: manifest, evaluations, history ----------------------------------
+
+MANIFEST_FORMAT = 1
+EVALUATION_FORMAT = 1
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_many(paths: list[Path]) -> list[str | None]:
+    """Content hashes of many files (None for one that cannot be read), hashed in parallel threads."""
+    def one(p: Path) -> str | None:
+        try:
+            return file_sha256(p)
+        except OSError:
+            return None
+
+    workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, paths))
+
+
+def write_manifest(run_dir: Path, root: Path, pictures: list[tuple[Path, str, str]]) -> Path:
+    """Record the exact pictures a training used: (path, class name, split) -> RUN/manifest.json with each
+    path relative to the data folder `root` and the SHA-256 of its content."""
+    paths = [Path(p) for p, _, _ in pictures]
+    hashes = sha256_many(paths)
+    entries = [{"path": Path(os.path.relpath(p, root)).as_posix(), "sha256": h, "label": label,
+                "split": split}
+               for (p, label, split), h in zip(pictures, hashes, strict=True) if h is not None]
+    path = Path(run_dir) / "manifest.json"
+    atomic_write_json(path, {"format": MANIFEST_FORMAT, "root": str(Path(root).resolve()),
+                             "pictures": entries})
+    return path
+
+
+def read_manifest(run_dir: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The training and validation pictures of a run, [{path, sha256, label, split}] (paths relative to the
+    data folder it was trained on); [] for a run trained before pawsight kept manifests."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != MANIFEST_FORMAT:
+            raise PawsightError(f"{shown(path)} has manifest format {doc.get('format')!r}; this pawsight "
+                                f"reads format {MANIFEST_FORMAT}")
+        pictures = doc["pictures"]
+        fields = {"path", "sha256", "label", "split"}
+        if not all(isinstance(p, dict) and fields <= p.keys() for p in pictures):
+            raise ValueError("an entry lacks path, sha256, label or split")
+    except PawsightError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PawsightError(f"{shown(path)} is damaged and cannot be read ({exc})") from None
+    return [{k: str(p[k]) for k in ("path", "sha256", "label", "split")} for p in pictures]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("._")[:60] or "data"
+
+
+_STAMP = re.compile(r"-(\d{8}-\d{6}-\d{3})(?:-\d+)?$")
+
+
+def save_evaluation(run_dir: str | os.PathLike[str], result: dict[str, Any]) -> Path:
+    """Write an evaluation (metrics + per-picture predictions) as RUN/evaluations/<data>-<split>-<time>.json,
+    atomically; returns its path."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+    data_name = Path(str(result.get("data") or "data")).resolve().name
+    base = f"{_slug(data_name)}-{_slug(str(result.get('split') or 'all'))}-{stamp}"
+    folder = Path(run_dir) / "evaluations"
+    name, n = base, 1
+    while (folder / f"{name}.json").exists():
+        n += 1
+        name = f"{base}-{n}"
+    record = {**result, "format": EVALUATION_FORMAT, "name": name,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    path = folder / f"{name}.json"
+    atomic_write_json(path, record)
+    return path
+
+
+def list_evaluations(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Names of the evaluations saved in a run, oldest first."""
+    folder = Path(run_dir) / "evaluations"
+    if not folder.is_dir():
+        return []
+    names = [p.stem for p in folder.glob("*.json") if not p.name.startswith(".")]
+
+    def when(name: str) -> tuple[str, str]:
+        m = _STAMP.search(name)
+        return (m.group(1) if m else "", name)
+
+    return sorted(names, key=when)
+
+
+def read_evaluation(run_dir: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
+    """A saved evaluation (the latest when `name` is None): metrics and `predictions`, one per picture."""
+    names = list_evaluations(run_dir)
+    if name is None:
+        if not names:
+            raise PawsightError(f"no saved evaluation in {shown(run_dir)}; make one with "
+                                f"'pawsight evaluate {shown(run_dir)} DATA'")
+        name = names[-1]
+    name = name.removesuffix(".json")
+    if name not in names:
+        raise PawsightError(f"no evaluation named {shown(name)} in {shown(run_dir)}"
+                            + (f" (saved: {_listing(names[::-1])})" if names else ""))
+    path = Path(run_dir) / "evaluations" / f"{name}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PawsightError(f"{shown(path)} is damaged and cannot be read ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("predictions"), list):
+        raise PawsightError(f"{shown(path)} is not a pawsight evaluation")
+    if record.get("format") != EVALUATION_FORMAT:
+        raise PawsightError(f"{shown(path)} has evaluation format {record.get('format')!r}; this pawsight "
+                            f"reads format {EVALUATION_FORMAT}")
+    return record
+
+
+def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per-epoch history of a deep-learning run (epoch, train_loss, train_acc, val_loss, val_acc, lr,
+    seconds); [] for a run without epochs (classical)."""
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PawsightError(f"{shown(path)} is damaged and cannot be read ({exc})") from None
+    if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r for r in history):
+        raise PawsightError(f"{shown(path)} is not a pawsight training history")
+    return history
+
+
+def read_status(run_dir: str | os.PathLike[str]) -> str:
+    """training, done, interrupted or failed."""
+    return str(read_run_info(run_dir).get("status", "?"))
