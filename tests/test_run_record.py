@@ -188,3 +188,15 @@ def test_damaged_missing_or_foreign_records_are_one_line_errors(tiny: Path, tmp_
     manifest.write_text(json.dumps({**doc, "pictures": [{"path": "x.jpg"}]}))
     with pytest.raises(PawsightError, match="damaged"):
         read_manifest(run)
+
+
+def test_an_evaluation_that_cannot_be_saved_still_returns_its_scores(tiny: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    pawsight.train(tiny, out=run, **FAST)
+    shutil.rmtree(run / "evaluations")
+    (run / "evaluations").write_text("a file where the folder should be")
+    result = pawsight.evaluate(run, tiny)
+    assert result["n_images"] == 40 and result["saved"] is None and "evaluations" in result["save_error"]
+    shown = subprocess.run([sys.executable, "-m", "pawsight", "evaluate", str(run), str(tiny)],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and "note: the evaluation was not saved" in shown.stderr

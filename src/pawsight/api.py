@@ -193,8 +193,8 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     if save:
         try:
             result["saved"] = str(save_evaluation(run_dir, result))
-        except OSError as exc:  # a read-only run (someone else's) still gets its scores
-            result["save_error"] = f"{exc.strerror or exc}"
+        except (OSError, PawsightError) as exc:  # a read-only run (someone else's) still gets its scores
+            result["save_error"] = str(exc)
     return result
 
 
