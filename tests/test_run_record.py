@@ -200,3 +200,15 @@ def test_an_evaluation_that_cannot_be_saved_still_returns_its_scores(tiny: Path,
     shown = subprocess.run([sys.executable, "-m", "pawsight", "evaluate", str(run), str(tiny)],
                            capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0 and "note: the evaluation was not saved" in shown.stderr
+
+
+def test_predictions_carry_the_label_decision_given_to_them() -> None:
+    from pawsight.evaluation import picture_predictions
+
+    proba = np.array([[0.9, 0.1], [0.4, 0.6]])
+    default = picture_predictions([Path("a.jpg"), Path("b.jpg")], np.array([0, 0]), proba, ["cats", "dogs"])
+    assert [p["predicted"] for p in default] == ["cats", "dogs"]
+    assert math.isclose(default[1]["loss"], -math.log(0.4))
+    decided = picture_predictions([Path("a.jpg"), Path("b.jpg")], np.array([0, 0]), proba, ["cats", "dogs"],
+                                  predicted=["cats", "unknown"])
+    assert [p["predicted"] for p in decided] == ["cats", "unknown"]

@@ -35,12 +35,13 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     }
 
 
-def picture_predictions(paths: list[Path], y_true: np.ndarray, proba: np.ndarray, classes: list[str]
-                        ) -> list[dict[str, Any]]:
-    """One record per picture: path (absolute), label (true class), predicted, probabilities (in `classes`
-    order) and loss = -log p(true class): what top-losses views and reports are drawn from."""
+def picture_predictions(paths: list[Path], y_true: np.ndarray, proba: np.ndarray, classes: list[str],
+                        predicted: list[str] | None = None) -> list[dict[str, Any]]:
+    """One record per picture: path (absolute), label (true class), predicted (`predicted`, the label
+    decision's answers, e.g. "unknown"; default the most probable class), probabilities (in `classes` order)
+    and loss = -log p(true class): what top-losses views and reports are drawn from."""
     proba = np.asarray(proba, dtype=np.float64)
-    predicted = predicted_labels(proba, classes)
+    predicted = predicted_labels(proba, classes) if predicted is None else list(predicted)
     out = []
     for path, y, p, label in zip(paths, np.asarray(y_true, dtype=np.int64), proba, predicted, strict=True):
         out.append({"path": str(Path(path).absolute()), "label": classes[int(y)], "predicted": label,

@@ -98,7 +98,7 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
 
 # Files at the top of a run directory that pawsight writes.
 OWNED_FILES = frozenset({"run.json", "model.json", "model.safetensors", "history.csv", "history.json",
-                         "manifest.json", "report.html", ".lock"})
+                         "manifest.json", "report.html", "model.onnx", ".lock"})
 # Folders pawsight writes, with the file names allowed inside them (nothing else, no sub-folders).
 OWNED_DIRS: dict[str, tuple[str, ...]] = {
     "checkpoint": (r"[\w.-]+\.safetensors", r"state\.json"),
