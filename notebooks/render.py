@@ -75,15 +75,15 @@ def cell_seconds(cell: nbformat.NotebookNode) -> float:
 
 
 def section_times(nb: nbformat.NotebookNode) -> dict[int, float]:
-    """Index of each heading cell -> seconds its section's code cells took (the title cell: the total)."""
+    """Index of each heading cell -> seconds its section's code cells took (the title cell: the total).
+    Sections without code get no time."""
     times: dict[int, float] = {}
     current = None
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown" and cell.source.lstrip().startswith("## "):
             current = i
-            times[current] = 0.0
         elif cell.cell_type == "code" and current is not None:
-            times[current] += cell_seconds(cell)
+            times[current] = times.get(current, 0.0) + cell_seconds(cell)
     title = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
                   and c.source.lstrip().startswith("# ")), None)
     if title is not None:
@@ -105,11 +105,14 @@ def with_time_line(source: str, line: str | None) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
-def time_lines(nb: nbformat.NotebookNode, how: str) -> dict[int, str]:
+def time_lines(nb: nbformat.NotebookNode, conditions: str) -> dict[int, str]:
+    """The ⏱ line of each timed heading: the title's says how it was measured, the sections' refer to it."""
     out = {}
     for i, seconds in section_times(nb).items():
-        what = "the whole notebook" if nb.cells[i].source.lstrip().startswith("# ") else "this section"
-        out[i] = f"{TIME_MARK} *{what}: {duration(seconds)} {how}*"
+        if nb.cells[i].source.lstrip().startswith("# "):
+            out[i] = f"{TIME_MARK} *the whole notebook: {duration(seconds)} {conditions}*"
+        else:
+            out[i] = f"{TIME_MARK} *this section: {duration(seconds)} (measured as said at the top)*"
     return out
 
 
@@ -184,7 +187,7 @@ def to_markdown(nb: nbformat.NotebookNode, out_dir: Path, header: str) -> str:
                 figure += 1
                 name = f"figure-{figure:02d}.png"
                 (out_dir / name).write_bytes(small_png(base64.b64decode(data["image/png"])))
-                parts.append(f"![figure {figure}]({name})")
+                parts.append(f"![a figure drawn by the cell above]({name})")
             elif "application/vnd.jupyter.widget-view+json" in data:
                 continue  # a live progress bar: nothing to show in a static copy
             elif "text/plain" in data:
@@ -227,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = os.cpu_count()
     day = datetime.now(UTC).strftime("%Y-%m-%d")
+    data_name = args.data.name if args.data else "the notebook's default data"
     load = f"load average {load_before:.1f} at the start, {load_after:.1f} at the end"
-    how = f"({cores} CPU cores, no GPU, measured {day} while other jobs shared the machine: {load})"
-    lines = time_lines(executed, how)
+    conditions = (f"on `{data_name}`{' in QUICK mode' if args.quick else ''}, measured {day} on {cores} CPU "
+                  f"cores, no GPU, while other jobs shared the machine ({load})")
+    lines = time_lines(executed, conditions)
     for i, line in lines.items():
         executed.cells[i].source = with_time_line(executed.cells[i].source, line)
-    data_name = args.data.name if args.data else "the notebook's default data"
     header = (f"<!-- Written by notebooks/render.py from {args.notebook.name}; do not edit by hand. -->\n"
               f"*A rendered copy of [the lesson notebook]"
               f"({os.path.relpath(args.notebook.resolve(), args.out.resolve())}), executed top to bottom on "

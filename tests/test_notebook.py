@@ -98,7 +98,7 @@ def test_render_writes_markdown_with_small_figures_short_output_and_working_link
     page = render.to_markdown(nb, out, "header")
     figure = Image.open(out / "figure-01.png")
     assert figure.width == render.MAX_WIDTH and figure.height == render.MAX_WIDTH // 2
-    assert "![figure 1](figure-01.png)" in page
+    assert "](figure-01.png)" in page
     assert "line 0" in page and "line 99" in page and "line 50" not in page and "more lines" in page
     assert "progress 100%" in page and "progress 10%" not in page  # \r rewrites resolved
     assert "bar" not in page  # widgets are not rendered
@@ -120,13 +120,14 @@ def test_render_section_times_and_strip():
 
     nb = new_notebook(cells=[new_markdown_cell("# Title\n\nintro"), timed(5),
                              new_markdown_cell("## One\n\n⏱ *old*\n\ntext"), timed(10), timed(20),
-                             new_markdown_cell("## Two"), timed(7)])
+                             new_markdown_cell("## Two"), timed(7), new_markdown_cell("## No code")])
     lines = render.time_lines(nb, "(test)")
-    assert lines == {0: "⏱ *the whole notebook: 42 s (test)*", 2: "⏱ *this section: 30 s (test)*",
-                     5: "⏱ *this section: 7 s (test)*"}
+    section = "(measured as said at the top)"
+    assert lines == {0: "⏱ *the whole notebook: 42 s (test)*", 2: f"⏱ *this section: 30 s {section}*",
+                     5: f"⏱ *this section: 7 s {section}*"}
     assert (render.with_time_line(nb.cells[2].source, lines[2])
-            == "## One\n\n⏱ *this section: 30 s (test)*\n\ntext")
-    assert render.with_time_line("## Two", lines[5]) == "## Two\n\n⏱ *this section: 7 s (test)*"
+            == f"## One\n\n⏱ *this section: 30 s {section}*\n\ntext")
+    assert render.with_time_line("## Two", lines[5]) == f"## Two\n\n⏱ *this section: 7 s {section}*"
     assert render.duration(125) == "2 min 05 s"
     stripped = render.strip(nb)
     assert all(c.outputs == [] and c.execution_count is None and "execution" not in c.metadata
