@@ -11,7 +11,8 @@ by 16 concurrent clients (throughput, errors, latency). Three servers:
 - the same with `--max-batch 1` (no micro-batching), to show whether batching earns its place;
 - "plain": PIL open, torchvision Resize/CenterCrop/ToTensor/Normalize, the run's network in eager PyTorch,
   batch 1, in a plain synchronous FastAPI endpoint.
-The server's resident memory is sampled every 0.25 s during each phase (start, peak and end are shown).
+The server's resident memory is sampled every 0.25 s during each phase (start, peak and end are shown), and
+its CPU time per request is reported: on a loaded machine that is steadier than wall-clock throughput.
 The run is the default transfer recipe (`pawsight train DATA`), trained into the cache if missing.
 """
 
@@ -116,6 +117,13 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} server did not start; see {self.log.name}")
             time.sleep(0.3)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
 
     def sample(self):
         import psutil
@@ -240,9 +248,9 @@ def main(argv: list[str]) -> int:
         "pawsight-no-batching": [sys.executable, "-m", "pawsight", "serve", str(run), "--max-batch", "1"],
         "plain": [sys.executable, str(Path(__file__).resolve()), "--plain-server", str(run)],
     }
-    rows = ["| server | clients | requests | errors | requests/s | p50 ms | p99 ms "
+    rows = ["| server | clients | requests | errors | requests/s | p50 ms | p99 ms | server CPU ms/request "
             "| server RSS MB start / peak / end |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     results: dict[tuple[str, int], dict[str, float]] = {}
     logdir = Path(os.environ.get("TMPDIR", "/tmp"))
     for name in args.servers.split(","):
@@ -257,13 +265,15 @@ def main(argv: list[str]) -> int:
             phases = [args.clients] if name == "pawsight-no-batching" else [1, args.clients]
             for clients in phases:
                 thread = server.sample()
+                cpu = server.cpu_seconds()
                 latencies, errors, wall = asyncio.run(load_test(server.url, payloads, n, clients))
+                cpu = server.cpu_seconds() - cpu
                 start, peak, end = server.stop_sampling(thread)
                 r = {"rps": n / wall, "p50": percentile(latencies, 50) * 1000,
-                     "p99": percentile(latencies, 99) * 1000, "errors": errors}
+                     "p99": percentile(latencies, 99) * 1000, "errors": errors, "cpu": cpu / n * 1000}
                 results[(name, clients)] = r
                 rows.append(f"| {name} | {clients} | {n} | {errors} | {r['rps']:.1f} | {r['p50']:.1f} "
-                            f"| {r['p99']:.1f} | {start:.0f} / {peak:.0f} / {end:.0f} |")
+                            f"| {r['p99']:.1f} | {r['cpu']:.1f} | {start:.0f} / {peak:.0f} / {end:.0f} |")
                 print(rows[-1], flush=True)
         finally:
             server.close()
@@ -275,6 +285,8 @@ def main(argv: list[str]) -> int:
     if ("pawsight", c) in results and ("plain", c) in results:
         ratio = results[("pawsight", c)]["rps"] / results[("plain", c)]["rps"]
         print(f"pawsight / plain throughput with {c} clients: {ratio:.2f}x (goal >= 4x)")
+        cpu = results[("plain", c)]["cpu"] / results[("pawsight", c)]["cpu"]
+        print(f"server CPU time per request with {c} clients, plain / pawsight: {cpu:.2f}x")
     if ("pawsight", c) in results and ("pawsight-no-batching", c) in results:
         ratio = results[("pawsight", c)]["rps"] / results[("pawsight-no-batching", c)]["rps"]
         print(f"micro-batching on / off throughput with {c} clients: {ratio:.2f}x")
