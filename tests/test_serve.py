@@ -297,3 +297,17 @@ def check_predict_and_serve_without_torch(target: Path, photos: list[Path], tmp_
 def test_classical_run_predicts_and_serves_without_torch(classical_run: Path, photos: list[Path],
                                                          tmp_path: Path) -> None:
     check_predict_and_serve_without_torch(classical_run, photos, tmp_path)
+
+
+def test_listening_socket_says_tcp_so_answers_are_not_delayed() -> None:
+    """asyncio disables Nagle (TCP_NODELAY) only on sockets whose proto is TCP; a proto-0 socket made every
+    answer wait ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from pawsight.serve.app import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -382,7 +382,9 @@ def docs_page(spec: dict[str, Any]) -> str:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), or OSError with the system's reason."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto given explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
+    # with proto 0 every answer waited ~40 ms for the client's delayed ACK (measured: p50 44 ms -> 0.3 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
