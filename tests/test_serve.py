@@ -222,6 +222,33 @@ def test_micro_batcher_batches_what_queued_while_busy() -> None:
     assert [r[0]["label"] for r in out] == [str(i) for i in range(8)]
 
 
+def test_micro_batcher_workers_run_batches_at_the_same_time() -> None:
+    """With two workers a second batch starts while the first is still running; answers stay in order."""
+    running, both = threading.Semaphore(0), threading.Event()
+    seen = []
+
+    def predict(batch: np.ndarray) -> list[dict]:
+        seen.append(len(batch))
+        running.release()
+        assert both.wait(10), "the second worker never started"
+        return [{"label": str(int(x[0, 0, 0]))} for x in batch]
+
+    async def main() -> list[list[dict]]:
+        batcher = MicroBatcher(predict, max_batch=1, workers=2)
+        batcher.start()
+        calls = [asyncio.ensure_future(batcher(np.full((1, 2, 2, 3), i, np.uint8))) for i in range(4)]
+        started = await asyncio.to_thread(lambda: [running.acquire(timeout=5) for _ in range(2)])
+        both.set()
+        out = await asyncio.gather(*calls)
+        await batcher.stop()
+        assert started == [True, True], "two batches never ran at the same time"
+        return out
+
+    out = asyncio.run(main())
+    assert seen == [1, 1, 1, 1]
+    assert [r[0]["label"] for r in out] == ["0", "1", "2", "3"]
+
+
 def test_serve_command_errors_are_one_line(tmp_path: Path, classical_run: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "pawsight", "serve", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=60)

@@ -64,24 +64,28 @@ def load_predictor(path: str | os.PathLike[str], threshold: float | None = None)
 
 
 class MicroBatcher:
-    """One worker thread runs the model; requests that arrive while it is busy form its next batch."""
+    """`workers` model threads; the requests that arrive while they are busy form their next batches."""
 
-    def __init__(self, predict: Any, max_batch: int = DEFAULT_MAX_BATCH, wait_seconds: float = 0.0) -> None:
+    def __init__(self, predict: Any, max_batch: int = DEFAULT_MAX_BATCH, wait_seconds: float = 0.0,
+                 workers: int = 1) -> None:
         self.predict, self.max_batch, self.wait_seconds = predict, max(1, int(max_batch)), wait_seconds
+        self.workers = max(1, int(workers))
         self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[list[dict[str, Any]]]]] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pawsight-model")
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="pawsight-model")
         self.batches = 0
         self.images = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def __call__(self, images: np.ndarray) -> list[dict[str, Any]]:
@@ -134,13 +138,14 @@ class MicroBatcher:
 
 def create_app(predictor_or_path: Any, *, threshold: float | None = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
-               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0) -> FastAPI:
+               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0, workers: int = 1) -> FastAPI:
     """The FastAPI app serving a predictor, or the run directory / .onnx file at `predictor_or_path`.
 
     `threshold` (only with a path) overrides the run's unknown-threshold. Uploads larger than `max_upload_mb`
     (the whole request body) or with more than `max_files` pictures are refused with 413; each picture may
     hold at most images.MAX_PIXELS pixels. `max_batch` caps a micro-batch (1 = one request at a time);
-    `batch_wait_ms` lets the model wait that long for more requests before it starts a batch.
+    `batch_wait_ms` lets the model wait that long for more requests before it starts a batch. `workers`
+    model threads run batches at the same time (the predictor must allow concurrent calls).
     """
     if isinstance(predictor_or_path, str | os.PathLike):
         predictor = load_predictor(predictor_or_path, threshold)
@@ -151,7 +156,8 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
     max_bytes = int(max_upload_mb * 2**20)
     prep = predictor.preprocessing
     classes = [str(c) for c in predictor.classes_]
-    batcher = MicroBatcher(predictor.predict_records, max_batch=max_batch, wait_seconds=batch_wait_ms / 1000)
+    batcher = MicroBatcher(predictor.predict_records, max_batch=max_batch, wait_seconds=batch_wait_ms / 1000,
+                           workers=workers)
     started = time.time()
 
     @contextlib.asynccontextmanager
