@@ -189,3 +189,14 @@ def test_inspect_counts_and_lists_what_is_not_used(tmp_path: Path, photos, capsy
     cli.main(["data", "inspect", str(root), "--sheet", str(tmp_path / "sheet.png")])
     out = capsys.readouterr().out
     assert "not used: 1 folder" in out and "notes\\x1b[31m" in out and "\x1b" not in out
+
+
+def test_inspect_report_escapes_names(tmp_path: Path, photos, capsys) -> None:
+    root = tmp_path / "data"
+    put(root / "cats\x1b]0;pwned\x07", photos["cats"][:3])
+    put(root / "dogs", photos["dogs"][:3])
+    (root / "dogs" / "x\nerror: forged.jpg").write_text("not a picture")
+    assert cli.main(["data", "inspect", str(root), "--sheet", str(tmp_path / "sheet.png")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\nerror: forged" not in out
+    assert "cats\\x1b]0;pwned\\x07" in out and "x\\nerror: forged.jpg" in out

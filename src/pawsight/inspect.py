@@ -151,16 +151,16 @@ def write_sheet(path: Path, image: Image.Image) -> None:
 
 def print_report(r: dict[str, Any], sheet: Path | None) -> None:
     classes = r["classes"]
-    print(f"{r['root']}: {len(classes)} classes, {r['images']} readable pictures "
+    print(f"{shown(r['root'])}: {len(classes)} classes, {r['images']} readable pictures "
           f"({r['layout']}; decoded {r['decode']['decoded']}, {r['decode']['from_cache']} from cache, "
           f"{r['decode']['seconds']:.1f} s)")
     if r.get("split_note"):
         print(f"  {r['split_note']}")
     splits = list(r["counts"])
-    width = max(len(c) for c in [*classes, "class", "total"])
+    width = max(len(shown(c)) for c in [*classes, "class", "total"])
     print(f"  {'class':<{width}}  " + "  ".join(f"{s:>10}" for s in splits))
     for c in classes:
-        print(f"  {c:<{width}}  " + "  ".join(f"{r['counts'][s][c]:>10}" for s in splits))
+        print(f"  {shown(c):<{width}}  " + "  ".join(f"{r['counts'][s][c]:>10}" for s in splits))
     print(f"  {'total':<{width}}  " + "  ".join(f"{sum(r['counts'][s].values()):>10}" for s in splits))
     st = r["image_stats"]
     if st:
@@ -171,7 +171,7 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} file(s):")
         for s in r["skipped"]:
-            print(f"  {s['path']}: {s['reason']}")
+            print(f"  {shown(s['path'])}: {shown(s['reason'])}")
     if r["ignored"]:
         print(f"not used: {len(r['ignored'])} folder(s) or file(s):")
         for s in r["ignored"]:
@@ -179,14 +179,14 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
     for title, groups in (("duplicate groups", r["duplicates"]), ("leaks across splits", r["leaks"])):
         print(f"{title}: {len(groups)}")
         for g in groups[:20]:
-            files = ", ".join(f"{f['path']} [{f['split']}/{f['class']}]" for f in g["files"])
+            files = ", ".join(f"{shown(f['path'])} [{f['split']}/{shown(f['class'])}]" for f in g["files"])
             print(f"  {g['kind']}{' (conflicting labels)' if g['conflicting_labels'] else ''}: {files}")
         if len(groups) > 20:
             print(f"  ... and {len(groups) - 20} more (--json lists them all)")
     for w in r["warnings"]:
-        print(f"warning: {w}")
+        print(f"warning: {shown(w)}")
     if sheet is not None:
-        print(f"contact sheet: {sheet}")
+        print(f"contact sheet: {shown(sheet)}")
 
 
 def inspect_command(args: argparse.Namespace) -> int:
