@@ -155,7 +155,22 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
         "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     write_run_info(out, info)
+    _draw_curves(out)
     return model, info
+
+
+def _draw_curves(out: Path) -> None:
+    """Training curves as RUN/plots/*.png for runs with a per-epoch history (report.plots). Drawing is a
+    convenience: a failure is one warning line, never a failed training (`pawsight plot RUN` redraws)."""
+    try:
+        from .report.plots import plot_run
+
+        plot_run(out, learning=False)
+    except Exception as exc:  # noqa: BLE001
+        import sys
+
+        print(f"warning: could not draw the training curves ({type(exc).__name__}: {exc}); "
+              f"'pawsight plot {out}' draws them later", file=sys.stderr)
 
 
 def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,

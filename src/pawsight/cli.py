@@ -8,6 +8,9 @@
     pawsight predict RUN IMAGE... [--json]       label new pictures
     pawsight cache info | clear [PART...]        what the cache folder holds; free it
     pawsight serve RUN [--port 8000]             a web page and REST API (a run or an exported .onnx)
+    pawsight plot RUN                            training curves and evaluation views as PNGs in RUN/plots/
+    pawsight explain RUN IMAGE [--out FILE.png]  what the model looked at (Grad-CAM, occlusion, features)
+    pawsight report RUN [--data DIR]             one self-contained HTML report of a run
 
 Errors the user can fix are printed as one line (`error: ...`, exit status 2); never a traceback.
 """
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1,
                     help="model threads answering batches at the same time (default 1)")
 
+    add_report_parsers(sub)
+
     from .cache import CACHE_PARTS, REBUILT
 
     ca = sub.add_parser("cache", help="show or free the cache folder ($PAWSIGHT_CACHE, ~/.cache/pawsight)")
@@ -222,6 +227,8 @@ def run_command(args: argparse.Namespace) -> int:
         return cache_command(args)
     if args.command == "serve":
         return serve_command(args)
+    if args.command in ("plot", "explain", "report"):
+        return report_command(args)
     return predict_command(args)
 
 
@@ -358,4 +365,66 @@ def cache_command(args: argparse.Namespace) -> int:
         print(f"  {part:<9} {u['bytes'] / 2**20:9.1f} MB  {u['files']:6d} files  {u['holds']}{note}")
         for key, p in u.get("preprocessings", {}).items():
             print(f"    {key:<40} {p['bytes'] / 2**20:9.1f} MB")
+    return 0
+
+
+# -- plot, explain, report (src/pawsight/report/) ---------------------------------------------------------
+
+def add_report_parsers(sub: Any) -> None:
+    pl = sub.add_parser("plot", help="draw a run's training curves and evaluation views into RUN/plots/",
+                        epilog="Deep-learning runs: loss, accuracy and learning rate per epoch. "
+                               "Classical and frozen-transfer runs: a learning curve refitted on cached "
+                               "features. Evaluation views (confusion matrix, per-class scores, ROC/PR, "
+                               "calibration, top losses) come from --data, else the run's latest saved "
+                               "evaluation, else its validation pictures.")
+    pl.add_argument("run", type=Path)
+    pl.add_argument("--data", type=Path, default=None, help="labelled pictures to evaluate on")
+    pl.add_argument("--split", default=None, help="train, validation, test or all (as for evaluate)")
+    ex = sub.add_parser("explain", help="show what the model looked at in one picture")
+    ex.add_argument("run", type=Path)
+    ex.add_argument("image", type=Path)
+    ex.add_argument("--out", type=Path, default=None,
+                    help="PNG to write (default: <image name>.<method>.png in the current folder)")
+    ex.add_argument("--method", choices=["gradcam", "occlusion", "features"], default=None,
+                    help="gradcam (deep runs, default there), occlusion (any run, default for classical), "
+                         "features (HOG cells, colour histogram and occlusion)")
+    ex.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
+    rp = sub.add_parser("report", help="write one self-contained HTML report of a run")
+    rp.add_argument("run", type=Path)
+    rp.add_argument("--data", type=Path, default=None,
+                    help="labelled pictures to evaluate on (default: the run's latest saved evaluation, else "
+                         "its validation pictures)")
+    rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
+    rp.add_argument("--top-k", type=int, default=8, help="how many top-loss pictures to show and explain")
+    rp.add_argument("--no-explain", action="store_true", help="top losses without explanations (faster)")
+
+
+def report_command(args: argparse.Namespace) -> int:
+
+    if args.command == "plot":
+        from .report.plots import load_evaluation, plot_run
+
+        evaluation = load_evaluation(args.run, args.data, args.split)
+        for path in plot_run(args.run, evaluation):
+            print(shown(path))
+        return 0
+    if args.command == "explain":
+        from .report.explain import explain, render
+        from .storage import atomic_write_bytes
+
+        e = explain(args.run, args.image, method=args.method or "auto", target=args.target)
+        out = args.out or Path(f"{args.image.name}.{e.method}.png")
+        try:
+            atomic_write_bytes(out, render(e))
+        except OSError as exc:
+            raise PawsightError(f"cannot write {out}: {exc.strerror or exc}") from None
+        print(f"{shown(args.image)}: {shown(e.target)} {e.probabilities[e.target]:.3f} "
+              f"({e.method}, {e.seconds:.1f} s) -> {shown(out)}")
+        return 0
+    from .report.html import build_report
+
+    if args.top_k < 0:
+        raise PawsightError("--top-k must be 0 or more")
+    path, seconds = build_report(args.run, args.data, args.out, top_k=args.top_k, explain=not args.no_explain)
+    print(f"report written to {shown(path)} ({seconds['total']:.1f} s)")
     return 0

@@ -1,0 +1,304 @@
+"""Why did the model say that? Explanations of one picture, for both schools.
+
+    e = explain("runs/t", "photo.jpg")                     # deep runs: Grad-CAM; classical: occlusion
+    e = explain("runs/c", "photo.jpg", method="features")  # what hand-made features see: HOG cells, colours
+    Path("why.png").write_bytes(render(e))
+
+- **gradcam** (deep runs, transfer and scratch): Grad-CAM (Selvaraju et al., 2017) from the `grad-cam`
+  package (pytorch_grad_cam): the last feature map's channels weighted by the gradient of the class score.
+  The layer is chosen per architecture by probing the network: the last module whose output is still a
+  spatial map (EfficientNet: the head convolution's BN + activation `bn2`; ResNets: `layer4`; pawsight's
+  scratch CNN: the last residual stage).
+- **occlusion** (every approach, model-agnostic): a grey patch slides over the picture; the occluded copies
+  go through the model in batches; a pixel's heat is the mean drop of the explained class's probability over
+  the patches covering it (Zeiler & Fergus, 2014).
+- **features** (classical views, any run): the HOG cells scikit-image draws for the model's own HOG settings,
+  the colour histogram of its colour extractor (whole-picture level), plus the occlusion map.
+
+The explained class is the predicted one unless `target` names another. Heat maps are (size, size) float
+arrays >= 0 over the picture the model saw (its preprocessing), so tests can check where the mass is.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import PawsightError
+
+METHODS = ("auto", "gradcam", "occlusion", "features")
+
+
+@dataclass
+class Explanation:
+    method: str                      # gradcam | occlusion | features
+    image: np.ndarray                # the picture as the model saw it: (size, size, 3) uint8
+    heatmap: np.ndarray              # (size, size) float >= 0: evidence for `target`
+    target: str                      # the explained class
+    probabilities: dict[str, float]  # the model's probabilities for the unoccluded picture
+    views: dict[str, Any] = field(default_factory=dict)  # features: hog image, colour histogram
+    seconds: float = 0.0
+
+
+def explain(run_or_model: Any, image: Any, method: str = "auto", target: str | None = None) -> Explanation:
+    """Explain one picture (a path or a uint8 array) with `method` (see the module docstring)."""
+    if method not in METHODS:
+        raise PawsightError(f"unknown explanation method {method!r}; use {', '.join(METHODS[1:])}")
+    t0 = time.perf_counter()
+    model = _model(run_or_model)
+    pixels = model_input(model, image)
+    classes = list(model.classes_)
+    proba = np.asarray(_proba_fn(model)(pixels[None]))[0]
+    if target is not None and target not in classes:
+        raise PawsightError(f"unknown class {target!r}; the model knows: {', '.join(classes)}")
+    k = classes.index(target) if target is not None else int(np.argmax(proba))
+    deep = model.approach in ("transfer", "scratch")
+    if method == "auto":
+        method = "gradcam" if deep else "occlusion"
+    if method == "gradcam" and not deep:
+        raise PawsightError("Grad-CAM needs a deep-learning run (transfer or scratch); for a classical run "
+                            "use --method occlusion or --method features")
+    views: dict[str, Any] = {}
+    if method == "gradcam":
+        heat = gradcam(model, pixels, k)
+    else:
+        heat = occlusion(_proba_fn(model), pixels, k)
+        if method == "features":
+            views = feature_views(model, pixels)
+    return Explanation(method, pixels, heat, classes[k], {c: float(p) for c, p in zip(classes, proba,
+                                                                                       strict=True)},
+                       views, time.perf_counter() - t0)
+
+
+def _model(run_or_model: Any):
+    if isinstance(run_or_model, str | Path):
+        from ..run import load_model
+
+        return load_model(run_or_model)
+    return run_or_model
+
+
+def model_input(model: Any, image: Any) -> np.ndarray:
+    """The (size, size, 3) uint8 picture `model` sees for a path, a PIL image or an array."""
+    from ..images import ImageError, open_rgb
+
+    prep = model.preprocessing
+    if isinstance(image, str | Path):
+        try:
+            return np.array(prep(open_rgb(image)))  # writable: torch.from_numpy warns on read-only arrays
+        except ImageError as exc:
+            raise PawsightError(f"cannot read {image}: {exc}") from None
+        except OSError as exc:
+            raise PawsightError(f"cannot read {image}: {exc.strerror or exc}") from None
+    if isinstance(image, Image.Image):
+        return np.array(prep(image.convert("RGB")))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise PawsightError(f"expected a (height, width, 3) uint8 picture, got {arr.dtype} {arr.shape}")
+    return np.array(arr if arr.shape[:2] == (prep.size, prep.size) else prep(Image.fromarray(arr)))
+
+
+def _proba_fn(model: Any):
+    """predict_proba on preprocessed uint8 batches that does not fill the feature caches with one-off
+    (occluded) pictures."""
+    if model.approach == "transfer":
+        from ..models.transfer import softmax
+
+        def transfer_proba(X: np.ndarray) -> np.ndarray:
+            extractor = model._extractor()
+            W, b = model.head_weight_, model.head_bias_
+            p = softmax(extractor(X) @ W.T + b)
+            if model._use_tta():
+                p = (p + softmax(extractor(X, flip=True) @ W.T + b)) / 2
+            return p
+
+        return transfer_proba
+    if model.approach == "classical":
+        def classical_proba(X: np.ndarray) -> np.ndarray:
+            old = model.cache_features
+            model.cache_features = False
+            try:
+                return model.predict_proba(X)
+            finally:
+                model.cache_features = old
+
+        return classical_proba
+    return model.predict_proba
+
+
+# -- Grad-CAM --------------------------------------------------------------------------------------------
+
+def torch_network(model: Any):
+    """(network mapping normalised float NCHW pictures to class scores, (mean, std)) of a deep model."""
+    import torch
+    from torch import nn
+
+    if model.approach == "transfer":
+        head = nn.Linear(model.head_weight_.shape[1], model.head_weight_.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(np.asarray(model.head_weight_, np.float32)))
+            head.bias.copy_(torch.from_numpy(np.asarray(model.head_bias_, np.float32)))
+        return nn.Sequential(model.net_, head).eval(), (model.spec_.mean, model.spec_.std)
+    if model.approach == "scratch":
+        return model.net_.eval(), model.normalize_
+    raise PawsightError(f"no network to explain in a {model.approach} run")
+
+
+def target_layer(net: Any, x: Any) -> tuple[str, Any]:
+    """The last module (in forward order) whose output is a spatial map larger than 1 x 1: the last
+    convolutional feature map, where Grad-CAM's class-specific evidence is still localised."""
+    import torch
+
+    seen: list[tuple[str, Any, tuple[int, ...]]] = []
+    hooks = []
+    for name, module in net.named_modules():
+        if not name:
+            continue
+
+        def hook(m: Any, _inp: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                seen.append((name, m, tuple(out.shape)))
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    maps = [(n, m) for n, m, s in seen if len(s) == 4 and s[2] > 1 and s[3] > 1]
+    if not maps:
+        raise PawsightError("this network has no spatial feature map for Grad-CAM; use --method occlusion")
+    return maps[-1]
+
+
+def gradcam(model: Any, pixels: np.ndarray, k: int) -> np.ndarray:
+    """Grad-CAM heat (size, size) in [0, 1] for class index k of the uint8 picture `pixels`."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net, (mean, std) = torch_network(model)
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    _, layer = target_layer(net, x)
+    x.requires_grad_(True)  # frozen backbones: gradients must still reach the feature map
+    with GradCAM(model=net, target_layers=[layer]) as cam:
+        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
+    return np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
+
+
+# -- occlusion ---------------------------------------------------------------------------------------------
+
+def occlusion(proba_fn: Any, pixels: np.ndarray, k: int, patch: int | None = None, stride: int | None = None,
+              fill: int | None = None, batch: int = 32) -> np.ndarray:
+    """Occlusion heat (size, size) >= 0: mean drop of class k's probability when a grey `patch` x `patch`
+    square covers each pixel (patches every `stride` pixels, the last one flush with the border). The grey
+    is the picture's mean brightness unless `fill` is given: a patch that is neither darker nor brighter
+    than the picture on average adds as little new evidence as possible."""
+    size = pixels.shape[0]
+    patch = int(patch or max(4, size // 5))
+    stride = int(stride or max(1, patch // 2))
+    steps = int(np.ceil((size - patch) / stride)) + 1
+    starts = np.unique(np.linspace(0, size - patch, steps).round().astype(int))
+    boxes = [(r, c) for r in starts for c in starts]
+    fill = int(round(float(pixels.mean()))) if fill is None else int(fill)
+    base = float(np.asarray(proba_fn(pixels[None]))[0, k])
+    drops = np.empty(len(boxes))
+    for i in range(0, len(boxes), batch):
+        chunk = boxes[i:i + batch]
+        X = np.repeat(pixels[None], len(chunk), axis=0)
+        for j, (r, c) in enumerate(chunk):
+            X[j, r:r + patch, c:c + patch] = fill
+        drops[i:i + len(chunk)] = base - np.asarray(proba_fn(X))[:, k]
+    total = np.zeros(pixels.shape[:2])
+    count = np.zeros(pixels.shape[:2])
+    for (r, c), d in zip(boxes, drops, strict=True):
+        total[r:r + patch, c:c + patch] += d
+        count[r:r + patch, c:c + patch] += 1
+    return np.clip(total / np.maximum(count, 1), 0, None)
+
+
+# -- what classical features see ---------------------------------------------------------------------------
+
+def feature_views(model: Any, pixels: np.ndarray) -> dict[str, Any]:
+    """HOG cells (scikit-image's drawing, with the model's HOG settings when it has them) and the
+    whole-picture HSV colour histogram of the model's colour extractor (or the default one)."""
+    from skimage.feature import hog
+
+    from ..features import HOG, ColorHistogram, gray
+
+    extractors = getattr(model, "extractors_", []) or []
+    h = next((e for e in extractors if isinstance(e, HOG)), HOG())
+    color = next((e for e in extractors if isinstance(e, ColorHistogram)), ColorHistogram())
+    g = gray(pixels, h.size)
+    _, hog_image = hog(g, orientations=h.orientations, pixels_per_cell=(h.cells[0], h.cells[0]),
+                       cells_per_block=(h.block, h.block), block_norm="L2-Hys", visualize=True)
+    hb, sb, vb = color.bins
+    n = hb * sb * vb
+    shares = np.asarray(color.extract_one(pixels)[:n], np.float64) ** 2  # Hellinger -> shares of pixels
+    centres = []
+    for code in range(n):
+        hue, rest = divmod(code, sb * vb)
+        sat, val = divmod(rest, vb)
+        hsv = np.array([[[(hue * 256 // hb) % 256, int((sat + 0.5) * 256 / sb),
+                          int((val + 0.5) * 256 / vb)]]], np.uint8)
+        centres.append(np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))[0, 0].tolist())
+    return {"hog_image": np.asarray(hog_image, np.float64), "hog_cell": h.cells[0], "hog_size": h.size,
+            "color_shares": shares.tolist(), "color_rgb": centres, "color_bins": [hb, sb, vb]}
+
+
+# -- drawing ---------------------------------------------------------------------------------------------
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The picture with the heat map (scaled to its maximum) blended over it in the 'jet' colours."""
+    from matplotlib import colormaps
+
+    h = np.asarray(heat, np.float64)
+    if h.shape != pixels.shape[:2]:
+        h = np.asarray(Image.fromarray(h.astype(np.float32)).resize(pixels.shape[1::-1], Image.BILINEAR))
+    h = h / h.max() if h.max() > 0 else h
+    colours = colormaps["jet"](h)[..., :3] * 255
+    weight = alpha * h[..., None]
+    return (pixels * (1 - weight) + colours * weight).clip(0, 255).astype(np.uint8)
+
+
+def overlay_png(e: Explanation, size: int = 160) -> bytes:
+    """A small PNG of the picture with its heat map over it (for galleries)."""
+    im = Image.fromarray(overlay(e.image, e.heatmap)).resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def render(e: Explanation) -> bytes:
+    """A PNG: the picture, the heat map over it and, for `features`, the HOG cells and colour histogram."""
+    from .plots import new_figure, to_png
+
+    panels = 4 if e.method == "features" else 2
+    fig, axes = new_figure(2.6 * panels, 3.0, panels)
+    p = e.probabilities[e.target]
+    fig.suptitle(f"{e.target} ({p:.1%})", fontsize=10, parse_math=False)  # a folder name, never math
+    axes[0].imshow(e.image)
+    axes[0].set_title("picture (as the model sees it)", fontsize=8)
+    axes[1].imshow(overlay(e.image, e.heatmap))
+    axes[1].set_title({"gradcam": "Grad-CAM", "occlusion": "occlusion: probability drop",
+                       "features": "occlusion: probability drop"}[e.method], fontsize=8)
+    if e.method == "features":
+        axes[2].imshow(e.views["hog_image"], cmap="gray")
+        axes[2].set_title(f"HOG cells ({e.views['hog_cell']} px)", fontsize=8)
+        shares = e.views["color_shares"]
+        axes[3].bar(range(len(shares)), shares, width=1.0, color=np.asarray(e.views["color_rgb"]) / 255,
+                    edgecolor="none")
+        axes[3].set_title("colour histogram (HSV bins)", fontsize=8)
+        axes[3].set_xticks([])
+        axes[3].tick_params(labelsize=7)
+    for ax in axes[:3]:
+        ax.axis("off")
+    return to_png(fig)

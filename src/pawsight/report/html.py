@@ -1,0 +1,285 @@
+"""`pawsight report RUN [--data DIR] [--out FILE.html]`: one self-contained HTML page about a run.
+
+Sections: data summary and contact sheet, settings, training curves, metrics, confusion matrix, ROC and
+precision-recall, calibration, top losses with explanations, timings. Every picture is embedded as a data
+URI and the page has no script and no external resource, so it opens offline in any browser and can be
+mailed as one file. Every name that comes from the user's folders (files, classes) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import PawsightError
+from . import plots
+
+SECTIONS = ("summary", "settings", "curves", "metrics", "confusion", "roc", "calibration", "top-losses",
+            "timings")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;
+padding:1em 2em;color:#222;line-height:1.4}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;
+vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto}.note{color:#666;font-size:.9em}.gallery{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;border:1px solid #ddd;padding:6px;width:336px;background:#fafafa}
+figure .pair{display:flex;gap:4px}figure .pair img{width:160px;height:160px;object-fit:cover}
+figcaption{font-size:.85em;word-break:break-all}.wrong{color:#b00}.right{color:#070}
+nav a{margin-right:.8em}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def jpeg(pixels: np.ndarray | Image.Image, quality: int = 82) -> bytes:
+    im = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def img_tag(data: bytes, alt: str, mime: str = "image/png") -> str:
+    return f'<img src="{data_uri(data, mime)}" alt="{esc(alt)}">'
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    def cell(v: Any) -> str:
+        numeric = isinstance(v, int | float) and not isinstance(v, bool)
+        return f'<td class="n">{esc(v)}</td>' if numeric else f"<td>{esc(v)}</td>"
+
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def figure_html(f: plots.Figure | None, missing: str) -> str:
+    if f is None:
+        return f'<p class="note">{esc(missing)}</p>'
+    note = f'<p class="note">{esc(f.note)}</p>' if f.note else ""
+    return img_tag(f.png, f.title) + note
+
+
+def build_report(run: str | Path, data: str | Path | None = None, out: str | Path | None = None,
+                 top_k: int = 8, explain: bool = True) -> tuple[Path, dict[str, float]]:
+    """Write the report of `run` (evaluated on `data`, or its saved / validation evaluation) to `out`
+    (default RUN/report.html). Returns (path, seconds per part)."""
+    from ..run import read_run_info
+    from ..storage import atomic_write_text
+
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        value = fn(*args, **kwargs)
+        seconds[name] = round(time.perf_counter() - t, 3)
+        return value
+
+    t0 = time.perf_counter()
+    info = read_run_info(run)
+    evaluation = timed("evaluate", plots.load_evaluation, run, data)
+    curves = timed("curves", plots.run_figures, run)
+    views = {f.name: f for f in timed("evaluation views", _views, evaluation)}
+    losses = plots.top_losses(evaluation, top_k)
+    cards = timed("top losses", _loss_cards, run, info, losses, explain)
+    sheet = timed("contact sheet", _contact_sheet, evaluation, info)
+    seconds["total"] = round(time.perf_counter() - t0, 3)
+    page = render_page(run, info, evaluation, curves, views, cards, sheet, seconds)
+    path = Path(out) if out is not None else Path(run) / "report.html"
+    try:
+        atomic_write_text(path, page)
+    except OSError as exc:
+        raise PawsightError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path, seconds
+
+
+def _views(evaluation: dict[str, Any]) -> list[plots.Figure]:
+    return [f for f in (plots.confusion(evaluation), plots.per_class(evaluation), plots.roc_pr(evaluation),
+                        plots.calibration(evaluation)) if f is not None]
+
+
+def _loss_cards(run: str | Path, info: dict[str, Any], losses: list[dict[str, Any]], explain: bool
+                ) -> list[dict[str, Any]]:
+    """For each top-loss picture: the picture and (when `explain`) its explanation overlay as JPEG bytes."""
+    from ..images import ImageError, open_rgb
+    from ..run import load_model
+    from .explain import explain as explain_one
+    from .explain import overlay
+
+    model = load_model(run) if explain and losses else None
+    cards = []
+    for item in losses:
+        card: dict[str, Any] = {"item": item, "picture": None, "overlay": None, "method": None}
+        try:
+            im = open_rgb(item["path"])
+            im.thumbnail((320, 320))
+            card["picture"] = jpeg(im)
+        except (ImageError, OSError):
+            cards.append(card)
+            continue
+        if model is not None:
+            try:
+                e = explain_one(model, item["path"], target=item["label"])  # evidence for the true class
+                card["overlay"] = jpeg(Image.fromarray(overlay(e.image, e.heatmap)).resize((320, 320)))
+                card["method"] = e.method
+            except PawsightError:
+                pass
+        cards.append(card)
+    return cards
+
+
+def _contact_sheet(evaluation: dict[str, Any], info: dict[str, Any]) -> bytes | None:
+    from ..cache import ImageCache
+    from ..images import Preprocessing
+    from ..inspect import contact_sheet
+
+    preds = evaluation.get("predictions") or []
+    classes = list(evaluation["classes"])
+    if not preds:
+        return None
+    prep = Preprocessing.from_dict(info["preprocessing"])
+    decoded = ImageCache().load([p["path"] for p in preds], prep,
+                                labels=[classes.index(p["label"]) for p in preds], desc="contact sheet")
+    if not len(decoded.labels):
+        return None
+    return jpeg(contact_sheet(classes, decoded, per_class=8, thumb=80))
+
+
+def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any], curves: list[plots.Figure],
+                views: dict[str, plots.Figure], cards: list[dict[str, Any]], sheet: bytes | None,
+                seconds: dict[str, float]) -> str:
+    classes = list(info["classes"])
+    title = f"pawsight report: {Path(run).name}"
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+             f"<link rel=\"icon\" href=\"data:,\"><title>{esc(title)}</title><style>{CSS}</style></head>"
+             "<body>",
+             f"<h1>{esc(title)}</h1>",
+             f"<p>{esc(info['approach'])} model, {len(classes)} classes; evaluated on "
+             f"<code>{esc(evaluation.get('data', '?'))}</code> ({esc(evaluation.get('split', '?'))} "
+             "pictures): "
+             f"accuracy <b>{_pct(evaluation.get('accuracy'))}</b> on {esc(evaluation.get('n_images', 0))} "
+             f"pictures. Written {esc(time.strftime('%Y-%m-%d %H:%M'))} by pawsight "
+             f"{esc(info.get('pawsight_version', '?'))}.</p>",
+             "<nav>" + "".join(f'<a href="#{s}">{esc(s.replace("-", " "))}</a>' for s in SECTIONS) + "</nav>"]
+
+    # data summary
+    d = info.get("data", {})
+    counts = d.get("counts", {})
+    splits = list(counts)
+    rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in classes]
+    rows.append(["total"] + [sum(counts[s].values()) for s in splits])
+    skipped = d.get("skipped", [])
+    dropped = d.get("dropped_duplicates", [])
+    parts.append('<section id="summary"><h2>Data</h2>'
+                 f"<p>Trained on <code>{esc(d.get('root', '?'))}</code> ({esc(d.get('layout', '?'))}). "
+                 f"{len(skipped)} unreadable file(s) skipped, {len(dropped)} duplicate(s) dropped.</p>"
+                 + table(rows, ["class", *splits]))
+    if skipped:
+        parts.append(table([[s.get("path"), s.get("reason")] for s in skipped[:50]],
+                           ["skipped file", "reason"]))
+    if sheet is not None:
+        parts.append("<h3>Contact sheet (evaluated pictures)</h3>"
+                     + img_tag(sheet, "contact sheet", "image/jpeg"))
+    parts.append("</section>")
+
+    # settings
+    settings = [["approach", info["approach"]], ["classes", ", ".join(classes)], ["seed", info.get("seed")],
+                ["validation fraction", info.get("val_fraction")],
+                ["preprocessing", json.dumps(info.get("preprocessing"))]]
+    settings += [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in
+                 sorted(info.get("params", {}).items())]
+    parts.append('<section id="settings"><h2>Settings</h2>' + table(settings, ["setting", "value"])
+                 + "</section>")
+
+    # curves
+    parts.append('<section id="curves"><h2>Training curves</h2>')
+    if curves:
+        parts += [f"<h3>{esc(f.title)}</h3>" + figure_html(f, "") for f in curves]
+    else:
+        parts.append('<p class="note">No curve for this run: it has no per-epoch history and its learner '
+                     "cannot be refitted from cached features.</p>")
+    parts.append("</section>")
+
+    # metrics
+    pc = views.get("per-class")
+    metric_rows = [["accuracy", _pct(evaluation.get("accuracy"))], ["pictures", evaluation.get("n_images")],
+                   ["errors", evaluation.get("n_errors")], ["log-loss", _num(evaluation.get("log_loss"))],
+                   ["macro F1", _num(evaluation.get("macro_f1"))]]
+    class_rows = []
+    if pc is not None:
+        class_rows = [[c, _num(pc.data["precision"][i]), _num(pc.data["recall"][i]), _num(pc.data["f1"][i]),
+                       pc.data["support"][i]] for i, c in enumerate(pc.data["classes"])]
+    parts.append('<section id="metrics"><h2>Metrics</h2>' + table(metric_rows, ["metric", "value"])
+                 + table(class_rows, ["class", "precision", "recall", "F1", "pictures"])
+                 + figure_html(pc, "") + "</section>")
+
+    parts.append('<section id="confusion"><h2>Confusion matrix</h2><p class="note">rows: true class; '
+                 "columns: predicted class</p>" + figure_html(views.get("confusion-matrix"), "no pictures")
+                 + "</section>")
+    k = len(classes)
+    roc_missing = (f"not drawn: {k} classes (one-vs-rest curves are drawn for up to {plots.MAX_ROC_CLASSES})"
+                   if k > plots.MAX_ROC_CLASSES else "not drawn: every picture belongs to one class")
+    parts.append('<section id="roc"><h2>ROC and precision-recall</h2>' + figure_html(views.get("roc-pr"),
+                                                                                        roc_missing)
+                 + "</section>")
+    cal = views.get("calibration")
+    ece = f"<p>Expected calibration error: <b>{cal.data['ece']:.3f}</b></p>" if cal is not None else ""
+    parts.append('<section id="calibration"><h2>Calibration</h2>' + ece + figure_html(cal, "no pictures")
+                 + "</section>")
+
+    # top losses
+    parts.append('<section id="top-losses"><h2>Top losses</h2><p class="note">The pictures with the highest '
+                 "loss (&minus;log of the probability given to the true class), highest first; beside each, "
+                 "what the model looked at for the true class (Grad-CAM for deep runs, occlusion otherwise: "
+                 "red = strongest evidence).</p><div class=\"gallery\">")
+    for card in cards:
+        item = card["item"]
+        ok = item["predicted"] == item["label"]
+        pics = "".join(img_tag(b, alt, "image/jpeg") for b, alt in ((card["picture"], "picture"),
+                                                                   (card["overlay"], card["method"] or ""))
+                       if b is not None)
+        parts.append(f'<figure><div class="pair">{pics}</div><figcaption>'
+                     f"<b>{esc(Path(item['path']).name)}</b><br>true: {esc(item['label'])} "
+                     f"(p {item['true_probability']:.3f})<br>"
+                     f"<span class=\"{'right' if ok else 'wrong'}\">predicted: {esc(item['predicted'])} "
+                     f"(p {item['probability']:.3f})</span><br>loss {float(item['loss']):.2f}"
+                     + (f" &middot; {esc(card['method'])}" if card["method"] else "")
+                     + "</figcaption></figure>")
+    if not cards:
+        parts.append('<p class="note">no pictures</p>')
+    parts.append("</div></section>")
+
+    # timings
+    train_t = [[k, v] for k, v in info.get("timings", {}).items()]
+    report_t = [[k, v] for k, v in seconds.items()]
+    ev_t = [[k, v] for k, v in (evaluation.get("seconds") or {}).items()]
+    parts.append('<section id="timings"><h2>Timings</h2><h3>training (seconds)</h3>'
+                 + table(train_t, ["phase", "seconds"]) + "<h3>evaluation (seconds)</h3>"
+                 + table(ev_t, ["phase", "seconds"]) + "<h3>this report (seconds)</h3>"
+                 + table(report_t, ["part", "seconds"]) + "</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.2%}"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"

@@ -1,0 +1,514 @@
+"""Training curves and evaluation views of a run, as small PNGs plus the numbers they draw.
+
+    figures = evaluation_figures(evaluation)      # confusion matrix, per-class P/R/F1, ROC + PR, calibration
+    curves = training_curves(history)             # deep learning: loss, accuracy, learning rate per epoch
+    curve = learning_curve("runs/c")              # classical / frozen transfer: accuracy vs training size
+    plot_run("runs/c")                            # `pawsight plot RUN`: write them into RUN/plots/
+
+`evaluation` is what `api.evaluate` returns (and saves under the run): the metrics plus `predictions`, one
+dict per picture {path, label, predicted, probabilities, loss}. Figures are drawn with matplotlib's Agg
+canvas (no display, no global pyplot state); names from the user's folders are drawn as plain text, never
+parsed as math.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PawsightError
+
+DPI = 80
+PLOTS_DIR = "plots"  # inside the run directory: pictures pawsight drew, redrawn by `pawsight plot`
+
+
+@dataclass
+class Figure:
+    """One drawn view: `png` bytes and the numbers behind them in `data` (what tests check)."""
+
+    name: str                  # file stem, e.g. "confusion-matrix"
+    title: str
+    png: bytes
+    data: dict[str, Any] = field(default_factory=dict)
+    note: str = ""             # a sentence shown under the picture (e.g. why a view was simplified)
+
+
+def new_figure(width: float, height: float, ncols: int = 1):
+    """A matplotlib Figure on the Agg canvas and its axes (no pyplot: thread-safe, no display needed)."""
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _text(ax, *args: Any, **kwargs: Any) -> None:
+    ax.text(*args, parse_math=False, **kwargs)
+
+
+# -- training curves ---------------------------------------------------------------------------------------
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The epoch whose weights training kept: the first with the lowest validation loss (training.py's rule),
+    or the last epoch when there was no validation data."""
+    if not history:
+        return None
+    scored = [(r["val_loss"], r["epoch"]) for r in history if r.get("val_loss") is not None]
+    return min(scored)[1] if scored else int(history[-1]["epoch"])
+
+
+def training_curves(history: list[dict[str, Any]]) -> Figure | None:
+    """Loss, accuracy (train and validation) and learning rate per epoch, best epoch marked."""
+    if not history:
+        return None
+    epochs = [int(r["epoch"]) for r in history]
+
+    def col(key: str) -> list[float | None]:
+        return [None if r.get(key) is None else float(r[key]) for r in history]
+
+    data = {"epoch": epochs, **{k: col(k) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "lr")},
+            "best_epoch": best_epoch(history)}
+    fig, (loss_ax, acc_ax, lr_ax) = new_figure(9.6, 2.8, 3)
+    for ax, keys, title in ((loss_ax, ("train_loss", "val_loss"), "loss"),
+                            (acc_ax, ("train_acc", "val_acc"), "accuracy")):
+        for key, style in zip(keys, ("-o", "-s"), strict=True):
+            pts = [(e, v) for e, v in zip(epochs, data[key], strict=True) if v is not None]
+            if pts:
+                label = key.split("_")[0].replace("val", "validation")
+                ax.plot(*zip(*pts, strict=True), style, ms=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    lr_ax.plot(epochs, data["lr"], "-", color="tab:green")
+    lr_ax.set_title("learning rate (end of epoch)")
+    lr_ax.set_xlabel("epoch")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if data["best_epoch"] is not None:
+        for ax in (loss_ax, acc_ax, lr_ax):
+            ax.axvline(data["best_epoch"], color="gray", ls="--", lw=1)
+        _text(loss_ax, data["best_epoch"], loss_ax.get_ylim()[1], " best", va="top", fontsize=8, color="gray")
+    return Figure("training-curves", "Training curves", to_png(fig), data,
+                  note=f"dashed line: epoch {data['best_epoch']}, whose weights were kept (lowest validation "
+                       "loss)")
+
+
+def learning_curve(run: str | Path, fractions: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0),
+                   seed: int = 0) -> Figure | None:
+    """Validation accuracy against training-set size, for runs whose learner is cheap to refit on cached
+    features (classical, frozen transfer). Each point refits the run's own final estimator (same settings, no
+    new search or calibration) on a nested, stratified subset of the cached training features; the features
+    are not recomputed. None for runs that would need retraining a network (scratch, fine-tuning)."""
+    from ..run import load_model, read_run_info
+
+    info = read_run_info(run)
+    if info["approach"] == "scratch" or (info["approach"] == "transfer"
+                                         and info.get("params", {}).get("mode", "frozen") != "frozen"):
+        return None
+    t0 = time.perf_counter()
+    model = load_model(run)
+    classes = list(model.classes_)
+    (X_tr, y_tr), (X_va, y_va) = split_images(run, model.preprocessing, ("train", "validation"), classes)
+    if len(y_va) == 0 or len(np.unique(y_tr)) < 2:
+        return None
+    fit_score = _refitter(model, X_tr, X_va)
+    rng = np.random.default_rng(seed)
+    order = {c: rng.permutation(np.flatnonzero(y_tr == c)) for c in np.unique(y_tr)}
+    sizes, scores = [], []
+    for f in fractions:
+        idx = np.sort(np.concatenate([o[:max(2, math.ceil(f * len(o)))] for o in order.values()]))
+        if sizes and len(idx) == sizes[-1]:
+            continue
+        sizes.append(int(len(idx)))
+        scores.append(float(fit_score(idx, y_tr, y_va)))
+    data = {"train_sizes": sizes, "validation_accuracy": scores, "n_validation": int(len(y_va)),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    fig, (ax,) = new_figure(4.8, 3.0)
+    ax.plot(sizes, scores, "-o", ms=4)
+    ax.set_xlabel("training pictures")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("learning curve")
+    ax.grid(alpha=0.3)
+    return Figure("learning-curve", "Learning curve", to_png(fig), data,
+                  note="the run's final estimator refitted on growing stratified subsets of its cached "
+                       "training features; more pictures still help where the curve still climbs")
+
+
+def _refitter(model, X_tr: np.ndarray, X_va: np.ndarray):
+    """fit_score(idx, y_tr, y_va) -> validation accuracy of the run's estimator fitted on the training rows
+    `idx`."""
+    if model.approach == "classical":
+        from sklearn.base import clone
+
+        F_tr = model._extract(X_tr)  # cached feature rows (features.extract's RowStore)
+        F_flip = model._extract(X_tr[:, :, ::-1]) if model.flip else None
+        F_va = model._extract(X_va)
+        base = clone(model.pipeline_)
+        if hasattr(base.named_steps["model"], "cv"):
+            base.set_params(model__cv=1)  # probability calibration does not change the learning curve's shape
+
+        def fit_score(idx: np.ndarray, y_tr: np.ndarray, y_va: np.ndarray) -> float:
+            F, y = F_tr[idx], y_tr[idx]
+            if F_flip is not None:
+                F, y = np.concatenate([F, F_flip[idx]]), np.concatenate([y, y])
+            est = clone(base)
+            if "pca" in est.named_steps and isinstance(est.named_steps["pca"].n_components, int):
+                est.set_params(pca__n_components=min(est.named_steps["pca"].n_components, len(F) - 1))
+            est.fit(F, y)
+            return float((np.asarray(est.predict(F_va)) == y_va).mean())
+
+        return fit_score
+    from sklearn.linear_model import LogisticRegression
+
+    F_tr, F_va = model._features(X_tr), model._features(X_va)  # cached backbone features
+    C = float(getattr(model, "C_", None) or 1.0)
+
+    def fit_head(idx: np.ndarray, y_tr: np.ndarray, y_va: np.ndarray) -> float:
+        F = F_tr[idx]
+        mean, scale = F.mean(0), F.std(0) + 1e-6
+        clf = LogisticRegression(C=C, max_iter=2000).fit((F - mean) / scale, y_tr[idx])
+        return float((clf.predict((F_va - mean) / scale) == y_va).mean())
+
+    return fit_head
+
+
+def split_images(run: str | Path, prep, splits: tuple[str, ...], classes: list[str]
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decoded pictures and label indices of the run's own training/validation split (from the decode cache).
+
+    Uses the run's manifest of exact pictures when the run has one, else re-makes training's seeded split."""
+    from ..cache import ImageCache
+
+    entries = _split_entries(run)
+    out = []
+    for split in splits:
+        chosen = [e for e in entries if e["split"] == split and e["label"] in classes]
+        decoded = ImageCache().load([e["path"] for e in chosen], prep, desc=f"decoding {split}",
+                                    labels=[classes.index(e["label"]) for e in chosen])
+        out.append((decoded.images, decoded.labels))
+    return out
+
+
+def _split_entries(run: str | Path) -> list[dict[str, Any]]:
+    from .. import run as record
+
+    if hasattr(record, "read_manifest"):
+        try:
+            manifest = record.read_manifest(run)
+            if manifest:
+                return list(manifest)
+        except PawsightError:
+            pass
+    from ..data import scan
+
+    info = record.read_run_info(run)
+    root = Path(info.get("data", {}).get("root", ""))
+    if not root.is_dir():
+        raise PawsightError(f"the training pictures of {run} are no longer at {root}")
+    ds = scan(root, val_fraction=info.get("val_fraction", 0.2), seed=info.get("seed", 0))
+    return [{"path": str(s.path), "label": ds.classes[s.label], "split": s.split} for s in ds.samples]
+
+
+# -- evaluation views ---------------------------------------------------------------------------------------
+
+def _columns(evaluation: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(classes, true index per picture, (n, k) probabilities, predicted label per picture)."""
+    classes = list(evaluation["classes"])
+    preds = evaluation.get("predictions")
+    if preds is None:
+        raise PawsightError("this evaluation has no per-picture predictions; evaluate the run again")
+    y = np.array([classes.index(p["label"]) for p in preds], dtype=np.int64)
+    proba = np.array([p["probabilities"] for p in preds], dtype=np.float64).reshape(len(preds), len(classes))
+    return classes, y, proba, [str(p["predicted"]) for p in preds]
+
+
+def confusion(evaluation: dict[str, Any]) -> Figure:
+    """Counts and row-normalised shares (rows: true class; columns: predicted, 'unknown' when it occurs),
+    counted from the per-picture predictions."""
+    classes, y, _, predicted = _columns(evaluation)
+    columns = classes + (["unknown"] if "unknown" in predicted and "unknown" not in classes else [])
+    counts = np.zeros((len(classes), len(columns)), dtype=np.int64)
+    for t, p in zip(y, predicted, strict=True):
+        counts[t, columns.index(p)] += 1
+    rows = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    k = len(classes)
+    side = min(9.0, 1.6 + 0.55 * max(k, 2))
+    fig, axes = new_figure(2 * side + 0.6, side, 2)
+    for ax, matrix, title, fmt in ((axes[0], counts, "counts", "{:d}"), (axes[1], shares, "share of each row",
+                                                                          "{:.0%}")):
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        if k <= 20:
+            for i in range(matrix.shape[0]):
+                for j in range(matrix.shape[1]):
+                    _text(ax, j, i, fmt.format(matrix[i, j]), ha="center", va="center", fontsize=8,
+                          color="white" if shares[i, j] > 0.5 else "black")
+        ticks = [_short(c) for c in columns] if k <= 30 else []
+        ax.set_xticks(range(len(ticks)), ticks, rotation=45 if k > 3 else 0,
+                      ha="right" if k > 3 else "center", fontsize=8)
+        ax.set_yticks(range(len(ticks[:k])), ticks[:k], fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+    data = {"classes": classes, "columns": columns, "counts": counts.tolist(), "normalized": shares.tolist()}
+    return Figure("confusion-matrix", "Confusion matrix", to_png(fig), data)
+
+
+def _short(name: str, n: int = 18) -> str:
+    return name if len(name) <= n else name[:n - 1] + "…"
+
+
+def per_class(evaluation: dict[str, Any]) -> Figure:
+    """Precision, recall and F1 of each class (from the per-picture predictions), as grouped bars."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    classes, y, _, predicted = _columns(evaluation)
+    y_pred = np.array([classes.index(p) if p in classes else -1 for p in predicted], dtype=np.int64)
+    p, r, f, s = precision_recall_fscore_support(y, y_pred, labels=list(range(len(classes))), zero_division=0)
+    data = {"classes": classes, "precision": p.tolist(), "recall": r.tolist(), "f1": f.tolist(),
+            "support": s.tolist()}
+    k = len(classes)
+    fig, (ax,) = new_figure(min(10.0, 2.5 + 0.9 * k), 2.8)
+    x = np.arange(k)
+    bars = (("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "tab:green"))
+    for i, (key, color) in enumerate(bars):
+        ax.bar(x + (i - 1) * 0.27, data[key], 0.27, label=key, color=color)
+    ax.set_xticks(x, [_short(c) for c in classes], rotation=30 if k > 4 else 0, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("per-class precision, recall, F1")
+    return Figure("per-class", "Per-class precision, recall and F1", to_png(fig), data)
+
+
+MAX_ROC_CLASSES = 10
+
+
+def roc_pr(evaluation: dict[str, Any]) -> Figure | None:
+    """ROC and precision-recall curves: for two classes, the second class against the first; for up to
+    MAX_ROC_CLASSES classes, each class against the rest. None (with nothing drawn) beyond that."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    classes, y, proba, _ = _columns(evaluation)
+    k = len(classes)
+    if k > MAX_ROC_CLASSES or len(y) == 0:
+        return None
+    positives = [1] if k == 2 else list(range(k))
+    curves = []
+    fig, (roc_ax, pr_ax) = new_figure(8.4, 3.4, 2)
+    for c in positives:
+        truth = (y == c).astype(int)
+        if truth.min() == truth.max():
+            continue  # a class with no pictures (or only it): no curve
+        fpr, tpr, _ = roc_curve(truth, proba[:, c])
+        prec, rec, _ = precision_recall_curve(truth, proba[:, c])
+        entry = {"class": classes[c], "auc": float(auc(fpr, tpr)),
+                 "average_precision": float(average_precision_score(truth, proba[:, c])),
+                 "fpr": fpr.tolist(), "tpr": tpr.tolist(), "precision": prec.tolist(), "recall": rec.tolist()}
+        curves.append(entry)
+        label = _short(classes[c])
+        roc_ax.plot(fpr, tpr, label=f"{label} (AUC {entry['auc']:.3f})")
+        pr_ax.plot(rec, prec, label=f"{label} (AP {entry['average_precision']:.3f})")
+    if not curves:
+        return None
+    roc_ax.plot([0, 1], [0, 1], ":", color="gray")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
+    for ax in (roc_ax, pr_ax):
+        ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
+    note = (f"positive class: {classes[1]}" if k == 2 else "each class against the rest")
+    return Figure("roc-pr", "ROC and precision-recall", to_png(fig), {"curves": curves, "mode": (
+        "binary" if k == 2 else "one-vs-rest")}, note=note)
+
+
+def calibration(evaluation: dict[str, Any], bins: int = 10) -> Figure:
+    """Reliability diagram: accuracy against confidence (the top probability) in equal-width bins, and the
+    expected calibration error ECE = sum over bins of (pictures in bin / all) x |accuracy - confidence|."""
+    classes, y, proba, _ = _columns(evaluation)
+    conf = proba.max(1) if len(y) else np.zeros(0)
+    correct = (proba.argmax(1) == y) if len(y) else np.zeros(0, bool)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    table = []
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        n = int(m.sum())
+        acc = float(correct[m].mean()) if n else None
+        mean_conf = float(conf[m].mean()) if n else None
+        if n:
+            ece += n / len(y) * abs(acc - mean_conf)  # type: ignore[operator]
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n, "accuracy": acc,
+                      "confidence": mean_conf})
+    data = {"bins": table, "ece": float(ece), "n_images": int(len(y))}
+    fig, (ax, hist_ax) = new_figure(7.6, 3.2, 2)
+    centers = (edges[:-1] + edges[1:]) / 2
+    accs = [t["accuracy"] if t["accuracy"] is not None else 0 for t in table]
+    ax.bar(centers, accs, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"reliability (ECE {ece:.3f})")
+    ax.legend(fontsize=8, loc="upper left")
+    hist_ax.bar(centers, [t["count"] for t in table], width=1 / bins, edgecolor="black", color="tab:gray")
+    hist_ax.set(xlabel="confidence", ylabel="pictures", xlim=(0, 1), title="how confident")
+    return Figure("calibration", "Calibration", to_png(fig), data,
+                  note="bars on the diagonal: the model is as sure as it is right; below: over-confident")
+
+
+def top_losses(evaluation: dict[str, Any], k: int = 8) -> list[dict[str, Any]]:
+    """The k pictures with the highest loss (-log of the probability given to the true class), highest
+    first: the pictures the model got most confidently wrong (or, when it made fewer than k errors, got
+    right with the least confidence)."""
+    preds = evaluation.get("predictions") or []
+    order = sorted(range(len(preds)), key=lambda i: -float(preds[i]["loss"]))
+    classes = list(evaluation["classes"])
+    out = []
+    for i in order[:k]:
+        p = preds[i]
+        probs = list(p["probabilities"])
+        top = int(np.argmax(probs))
+        out.append({**p, "index": i, "probability": float(probs[top]), "top_class": classes[top],
+                    "true_probability": float(probs[classes.index(p["label"])])})
+    return out
+
+
+def top_losses_figure(evaluation: dict[str, Any], k: int = 8, thumb: int = 128) -> Figure:
+    """A gallery of `top_losses`: each picture with its true label, prediction, probability and loss."""
+    from ..images import ImageError, open_rgb
+
+    items = top_losses(evaluation, k)
+    cols = min(4, max(1, len(items)))
+    rows = max(1, math.ceil(len(items) / cols))
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(2.2 * cols, 2.5 * rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, item in zip(axes, items, strict=False):
+        try:
+            im = open_rgb(item["path"])
+            im.thumbnail((thumb, thumb))
+            ax.imshow(np.asarray(im))
+        except (ImageError, OSError):
+            _text(ax, 0.5, 0.5, "(file gone)", ha="center", transform=ax.transAxes)
+        ax.set_title(f"true {_short(item['label'], 14)}\npred {_short(item['predicted'], 14)} "
+                     f"{item['probability']:.2f}\nloss {float(item['loss']):.2f}", fontsize=8, loc="left")
+    return Figure("top-losses", "Top losses", to_png(fig), {"items": items})
+
+
+def evaluation_figures(evaluation: dict[str, Any], k: int = 8) -> list[Figure]:
+    """Every evaluation view of one evaluation, in reading order."""
+    figures = [confusion(evaluation), per_class(evaluation), roc_pr(evaluation), calibration(evaluation),
+               top_losses_figure(evaluation, k)]
+    return [f for f in figures if f is not None]
+
+
+# -- the `pawsight plot` command -------------------------------------------------------------------------
+
+def run_figures(run: str | Path, learning: bool = True) -> list[Figure]:
+    """Training curves (history) and, if cheap to refit, the learning curve of a run."""
+    out = []
+    curves = training_curves(read_history(run))
+    if curves is not None:
+        out.append(curves)
+    if learning:
+        lc = learning_curve(run)
+        if lc is not None:
+            out.append(lc)
+    return out
+
+
+def read_history(run: str | Path) -> list[dict[str, Any]]:
+    from .. import run as record
+
+    if hasattr(record, "read_history"):
+        return list(record.read_history(run) or [])
+    import json
+
+    path = Path(run) / "history.json"
+    try:
+        rows = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError):
+        raise PawsightError(f"{path} is damaged and cannot be read") from None
+    return rows if isinstance(rows, list) else []
+
+
+def write_figures(run: str | Path, figures: list[Figure]) -> list[Path]:
+    """Write figures as RUN/plots/<name>.png (atomically; only files pawsight draws live there)."""
+    from ..storage import atomic_write_bytes
+
+    paths = []
+    for f in figures:
+        path = Path(run) / PLOTS_DIR / f"{f.name}.png"
+        atomic_write_bytes(path, f.png)
+        paths.append(path)
+    return paths
+
+
+def plot_run(run: str | Path, evaluation: dict[str, Any] | None = None, learning: bool = True) -> list[Path]:
+    """Draw a run's curves (and the views of `evaluation`, when given) into RUN/plots/."""
+    figures = run_figures(run, learning=learning)
+    if evaluation is not None:
+        figures += evaluation_figures(evaluation)
+    return write_figures(run, figures)
+
+
+# -- where the evaluation comes from -------------------------------------------------------------------
+
+def load_evaluation(run: str | Path, data: str | Path | None = None, split: str | None = None
+                    ) -> dict[str, Any]:
+    """The evaluation a report shows: `data` scored now (api.evaluate, which saves it under the run); without
+    `data`, the run's latest saved evaluation, else its own validation pictures scored now."""
+    from .. import api
+    from .. import run as record
+
+    if data is None:
+        if hasattr(record, "read_evaluation"):
+            try:
+                saved = record.read_evaluation(run)
+                if saved and saved.get("predictions") is not None:
+                    return saved
+            except PawsightError:
+                pass
+        info = record.read_run_info(run)
+        data = info.get("data", {}).get("root")
+        if not data or not Path(data).is_dir():
+            raise PawsightError(f"{run} has no saved evaluation and its training pictures are gone; "
+                                "give labelled pictures with --data DIR")
+        split = split or "validation"
+    result = api.evaluate(run, data, split=split)
+    if result.get("predictions") is None:
+        result["predictions"] = _predictions(run, data, result["split"])
+    return result
+
+
+def _predictions(run: str | Path, data: str | Path, split: str) -> list[dict[str, Any]]:
+    """Per-picture predictions for api.evaluate results that do not carry them (older run records)."""
+    from ..api import _evaluation_samples
+    from ..cache import ImageCache
+    from ..data import Sample
+    from ..run import load_model, read_run_info
+
+    model = load_model(run)
+    classes = list(model.classes_)
+    samples, _, ds = _evaluation_samples(data, split, read_run_info(run))
+    samples = [Sample(s.path, classes.index(ds.classes[s.label]), s.split) for s in samples]
+    decoded = ImageCache().load_samples(samples, model.preprocessing)
+    proba = model.predict_proba(decoded.images) if len(decoded.labels) else np.zeros((0, len(classes)))
+    out = []
+    for path, t, p in zip(decoded.paths, decoded.labels.tolist(), proba, strict=True):
+        out.append({"path": str(path), "label": classes[t], "predicted": classes[int(np.argmax(p))],
+                    "probabilities": [float(v) for v in p],
+                    "loss": float(-np.log(max(float(p[t]), 1e-12)))})
+    return out
