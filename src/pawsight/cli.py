@@ -400,7 +400,6 @@ def add_report_parsers(sub: Any) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-
     if args.command == "plot":
         from .report.plots import load_evaluation, plot_run
 
