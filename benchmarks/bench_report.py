@@ -1,9 +1,9 @@
 """Seconds to draw every plot and write the HTML report of a trained run (target: <= 15 s after training for
 the default transfer run on cats_and_dogs, explanations of the top losses included).
 
-    ./run.sh bench report                               # default transfer run on ../shared/datasets/cats_and_dogs
+    ./run.sh bench report                          # default transfer run on ../shared/datasets/cats_and_dogs
     ./run.sh bench report --approach classical --top-k 8
-    ./run.sh bench report --data DIR --run RUN          # an existing run (not retrained)
+    ./run.sh bench report --data DIR --run RUN     # an existing run (not retrained)
 
 The run is trained first (not timed; its caches are warm afterwards, as right after `pawsight train`), then
 each part is timed on its own, then `pawsight plot` and `pawsight report` as a user runs them. Explanation

@@ -47,33 +47,49 @@ class Explanation:
 
 
 def explain(run_or_model: Any, image: Any, method: str = "auto", target: str | None = None) -> Explanation:
-    """Explain one picture (a path or a uint8 array) with `method` (see the module docstring)."""
-    if method not in METHODS:
-        raise PawsightError(f"unknown explanation method {method!r}; use {', '.join(METHODS[1:])}")
-    t0 = time.perf_counter()
-    model = _model(run_or_model)
-    pixels = model_input(model, image)
-    classes = list(model.classes_)
-    proba = np.asarray(_proba_fn(model)(pixels[None]))[0]
-    if target is not None and target not in classes:
-        raise PawsightError(f"unknown class {target!r}; the model knows: {', '.join(classes)}")
-    k = classes.index(target) if target is not None else int(np.argmax(proba))
-    deep = model.approach in ("transfer", "scratch")
-    if method == "auto":
-        method = "gradcam" if deep else "occlusion"
-    if method == "gradcam" and not deep:
-        raise PawsightError("Grad-CAM needs a deep-learning run (transfer or scratch); for a classical run "
-                            "use --method occlusion or --method features")
-    views: dict[str, Any] = {}
-    if method == "gradcam":
-        heat = gradcam(model, pixels, k)
-    else:
-        heat = occlusion(_proba_fn(model), pixels, k)
-        if method == "features":
-            views = feature_views(model, pixels)
-    return Explanation(method, pixels, heat, classes[k], {c: float(p) for c, p in zip(classes, proba,
-                                                                                       strict=True)},
-                       views, time.perf_counter() - t0)
+    """Explain one picture (a path, PIL image or uint8 array) with `method` (see the module docstring).
+    To explain many pictures of one run, make one `Explainer` and call it: the model loads once."""
+    explainer = run_or_model if isinstance(run_or_model, Explainer) else Explainer(run_or_model)
+    return explainer(image, method, target)
+
+
+class Explainer:
+    """Explanations of pictures by one model; the Grad-CAM network and layer are prepared once."""
+
+    def __init__(self, run_or_model: Any) -> None:
+        self.model = _model(run_or_model)
+        self.proba = _proba_fn(self.model)
+        self.deep = self.model.approach in ("transfer", "scratch")
+        self._cam: GradCam | None = None
+
+    def __call__(self, image: Any, method: str = "auto", target: str | None = None) -> Explanation:
+        if method not in METHODS:
+            raise PawsightError(f"unknown explanation method {method!r}; use {', '.join(METHODS[1:])}")
+        t0 = time.perf_counter()
+        model = self.model
+        classes = list(model.classes_)
+        if target is not None and target not in classes:
+            raise PawsightError(f"unknown class {target!r}; the model knows: {', '.join(classes)}")
+        if method == "auto":
+            method = "gradcam" if self.deep else "occlusion"
+        if method == "gradcam" and not self.deep:
+            raise PawsightError("Grad-CAM needs a deep-learning run (transfer or scratch); for a classical "
+                                "run use --method occlusion or --method features")
+        pixels = model_input(model, image)
+        proba = np.asarray(self.proba(pixels[None]))[0]
+        k = classes.index(target) if target is not None else int(np.argmax(proba))
+        views: dict[str, Any] = {}
+        if method == "gradcam":
+            if self._cam is None:
+                self._cam = GradCam(model)
+            heat = self._cam(pixels, k)
+        else:
+            heat = occlusion(self.proba, pixels, k)
+            if method == "features":
+                views = feature_views(model, pixels)
+        return Explanation(method, pixels, heat, classes[k],
+                           {c: float(p) for c, p in zip(classes, proba, strict=True)}, views,
+                           time.perf_counter() - t0)
 
 
 def _model(run_or_model: Any):
@@ -178,20 +194,49 @@ def target_layer(net: Any, x: Any) -> tuple[str, Any]:
     return maps[-1]
 
 
+class GradCam:
+    """Grad-CAM heat (size, size) in [0, 1] of a deep model: `GradCam(model)(pixels, k)` for class index k.
+
+    Only the layers after the target layer need gradients (Grad-CAM weights the target layer's channels by
+    the class score's gradient there), so the backbone runs without building a backward graph: its output is
+    turned into a leaf tensor that requires grad. On a CPU this makes one explanation cost about one forward
+    pass instead of a forward and a full backward pass through every depthwise convolution."""
+
+    def __init__(self, model: Any) -> None:
+        self.net, (mean, std) = torch_network(model)
+        self.mean, self.std = mean, std
+        size = model.preprocessing.size
+        self.layer_name, self.layer = target_layer(self.net, self._input(np.zeros((size, size, 3), np.uint8)))
+
+    def _input(self, pixels: np.ndarray):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
+        return (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
+
+    def __call__(self, pixels: np.ndarray, k: int) -> np.ndarray:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        params = list(self.net.parameters())
+        flags = [p.requires_grad for p in params]
+        # registered before GradCAM's own hook, which therefore sees (and hooks the gradient of) the leaf
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with GradCAM(model=self.net, target_layers=[self.layer]) as cam:
+                heat = cam(input_tensor=self._input(pixels), targets=[ClassifierOutputTarget(k)])[0]
+        finally:
+            handle.remove()
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+        return np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
+
+
 def gradcam(model: Any, pixels: np.ndarray, k: int) -> np.ndarray:
     """Grad-CAM heat (size, size) in [0, 1] for class index k of the uint8 picture `pixels`."""
-    import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    net, (mean, std) = torch_network(model)
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    _, layer = target_layer(net, x)
-    x.requires_grad_(True)  # frozen backbones: gradients must still reach the feature map
-    with GradCAM(model=net, target_layers=[layer]) as cam:
-        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
-    return np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
+    return GradCam(model)(pixels, k)
 
 
 # -- occlusion ---------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
     curves = timed("curves", plots.run_figures, run)
     views = {f.name: f for f in timed("evaluation views", _views, evaluation)}
     losses = plots.top_losses(evaluation, top_k)
-    cards = timed("top losses", _loss_cards, run, info, losses, explain)
+    cards = timed("top losses", _loss_cards, run, losses, explain)
     sheet = timed("contact sheet", _contact_sheet, evaluation, info)
     seconds["total"] = round(time.perf_counter() - t0, 3)
     page = render_page(run, info, evaluation, curves, views, cards, sheet, seconds)
@@ -113,15 +113,13 @@ def _views(evaluation: dict[str, Any]) -> list[plots.Figure]:
                         plots.calibration(evaluation)) if f is not None]
 
 
-def _loss_cards(run: str | Path, info: dict[str, Any], losses: list[dict[str, Any]], explain: bool
+def _loss_cards(run: str | Path, losses: list[dict[str, Any]], explain: bool
                 ) -> list[dict[str, Any]]:
     """For each top-loss picture: the picture and (when `explain`) its explanation overlay as JPEG bytes."""
     from ..images import ImageError, open_rgb
-    from ..run import load_model
-    from .explain import explain as explain_one
-    from .explain import overlay
+    from .explain import Explainer, overlay
 
-    model = load_model(run) if explain and losses else None
+    explainer = Explainer(run) if explain and losses else None
     cards = []
     for item in losses:
         card: dict[str, Any] = {"item": item, "picture": None, "overlay": None, "method": None}
@@ -132,9 +130,10 @@ def _loss_cards(run: str | Path, info: dict[str, Any], losses: list[dict[str, An
         except (ImageError, OSError):
             cards.append(card)
             continue
-        if model is not None:
+        if explainer is not None:
             try:
-                e = explain_one(model, item["path"], target=item["label"])  # evidence for the true class
+                e = explainer(item["path"])  # why the model said what it said
+                card["picture"] = jpeg(Image.fromarray(e.image).resize((320, 320)))  # what the model saw
                 card["overlay"] = jpeg(Image.fromarray(overlay(e.image, e.heatmap)).resize((320, 320)))
                 card["method"] = e.method
             except PawsightError:
@@ -246,8 +245,8 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
     # top losses
     parts.append('<section id="top-losses"><h2>Top losses</h2><p class="note">The pictures with the highest '
                  "loss (&minus;log of the probability given to the true class), highest first; beside each, "
-                 "what the model looked at for the true class (Grad-CAM for deep runs, occlusion otherwise: "
-                 "red = strongest evidence).</p><div class=\"gallery\">")
+                 "what the model looked at for the class it predicted (Grad-CAM for deep runs, occlusion "
+                 "otherwise: red = strongest evidence).</p><div class=\"gallery\">")
     for card in cards:
         item = card["item"]
         ok = item["predicted"] == item["label"]
