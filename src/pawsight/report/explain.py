@@ -215,20 +215,26 @@ class GradCam:
         return (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
 
     def __call__(self, pixels: np.ndarray, k: int) -> np.ndarray:
+        import torch
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         params = list(self.net.parameters())
         flags = [p.requires_grad for p in params]
+        threads = torch.get_num_threads()
         # registered before GradCAM's own hook, which therefore sees (and hooks the gradient of) the leaf
         handle = self.layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
         try:
             for p in params:
                 p.requires_grad_(False)
+            # One picture: a second thread gains little on a quiet machine, and on a busy one its spin-waits
+            # cost 10-100x (measured with 30 processes on 2 cores: 0.03 s with one thread, 2-7 s with two).
+            torch.set_num_threads(1)
             with GradCAM(model=self.net, target_layers=[self.layer]) as cam:
                 heat = cam(input_tensor=self._input(pixels), targets=[ClassifierOutputTarget(k)])[0]
         finally:
             handle.remove()
+            torch.set_num_threads(threads)
             for p, flag in zip(params, flags, strict=True):
                 p.requires_grad_(flag)
         return np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
