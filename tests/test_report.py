@@ -258,24 +258,28 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def hostile_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny set with the dogs folder renamed to an HTML tag, and markup in the file name of the
-    picture with the highest loss."""
+def hostile_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run, holdout): the tiny set with the dogs folder renamed to an HTML tag; the holdout folder is a copy
+    of its validation pictures where the picture with the highest loss has markup in its file name."""
     data = tmp_path_factory.mktemp("hostile") / "data"
     for split in ("train", "validation"):
         shutil.copytree(tiny / split / "cats", data / split / "cats")
         shutil.copytree(tiny / split / "dogs", data / split / XSS)
     run = data.parent / "run"
     api.train(data, approach="classical", out=run, features="hog,color", model="logreg")
+    holdout = data.parent / "holdout"
+    shutil.copytree(data / "validation", holdout)
     worst = Path(plots.top_losses(plots.load_evaluation(run), 1)[0]["path"])
-    worst.rename(worst.with_name("<b>bold.jpg"))  # shown in the top-losses gallery
-    return run
+    (holdout / worst.parent.name / worst.name).rename(holdout / worst.parent.name / "<b>bold.jpg")
+    return run, holdout
 
 
-def test_report_renders_in_chromium_with_names_escaped(hostile_run: Path, tmp_path: Path) -> None:
+def test_report_renders_in_chromium_with_names_escaped(hostile_run: tuple[Path, Path], tmp_path: Path
+                                                        ) -> None:
     sync_playwright = chromium()
+    run, holdout = hostile_run
     out = tmp_path / "report.html"
-    path, seconds = build_report(hostile_run, out=out, top_k=4)
+    path, seconds = build_report(run, holdout, out=out, top_k=4)
     text = path.read_text()
     assert XSS not in text and html_escaped(XSS) in text  # never raw markup, always the escaped name
     assert "<b>bold.jpg" not in text and "&lt;b&gt;bold.jpg" in text

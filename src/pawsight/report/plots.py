@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PawsightError
+from ..errors import PawsightError, shown
 
 DPI = 80
 PLOTS_DIR = "plots"  # inside the run directory: pictures pawsight drew, redrawn by `pawsight plot`
@@ -201,21 +201,18 @@ def split_images(run: str | Path, prep, splits: tuple[str, ...], classes: list[s
 
 
 def _split_entries(run: str | Path) -> list[dict[str, Any]]:
-    from .. import run as record
-
-    if hasattr(record, "read_manifest"):
-        try:
-            manifest = record.read_manifest(run)
-            if manifest:
-                return list(manifest)
-        except PawsightError:
-            pass
+    """[{path, label, split}] of the run's pictures: its manifest (paths in the data folder it was trained
+    on); for a run trained before manifests existed, training's seeded split made again."""
     from ..data import scan
+    from ..run import read_manifest, read_run_info
 
-    info = record.read_run_info(run)
+    info = read_run_info(run)
     root = Path(info.get("data", {}).get("root", ""))
     if not root.is_dir():
-        raise PawsightError(f"the training pictures of {run} are no longer at {root}")
+        raise PawsightError(f"the training pictures of {shown(run)} are no longer at {shown(root)}")
+    manifest = read_manifest(run)
+    if manifest:
+        return [{**e, "path": str(root / e["path"])} for e in manifest]
     ds = scan(root, val_fraction=info.get("val_fraction", 0.2), seed=info.get("seed", 0))
     return [{"path": str(s.path), "label": ds.classes[s.label], "split": s.split} for s in ds.samples]
 
@@ -419,6 +416,8 @@ def evaluation_figures(evaluation: dict[str, Any], k: int = 8) -> list[Figure]:
 def run_figures(run: str | Path, learning: bool = True) -> list[Figure]:
     """Training curves (history) and, if cheap to refit, the learning curve of a run."""
     out = []
+    from ..run import read_history
+
     curves = training_curves(read_history(run))
     if curves is not None:
         out.append(curves)
@@ -427,21 +426,6 @@ def run_figures(run: str | Path, learning: bool = True) -> list[Figure]:
         if lc is not None:
             out.append(lc)
     return out
-
-
-def read_history(run: str | Path) -> list[dict[str, Any]]:
-    from .. import run as record
-
-    if hasattr(record, "read_history"):
-        return list(record.read_history(run) or [])
-    import json
-
-    path = Path(run) / "history.json"
-    try:
-        rows = json.loads(path.read_text()) if path.is_file() else []
-    except (OSError, ValueError):
-        raise PawsightError(f"{path} is damaged and cannot be read") from None
-    return rows if isinstance(rows, list) else []
 
 
 def write_figures(run: str | Path, figures: list[Figure]) -> list[Path]:
@@ -469,46 +453,17 @@ def plot_run(run: str | Path, evaluation: dict[str, Any] | None = None, learning
 def load_evaluation(run: str | Path, data: str | Path | None = None, split: str | None = None
                     ) -> dict[str, Any]:
     """The evaluation a report shows: `data` scored now (api.evaluate, which saves it under the run); without
-    `data`, the run's latest saved evaluation, else its own validation pictures scored now."""
+    `data`, the run's latest saved evaluation (training saves its validation one), else the run's own
+    validation pictures scored now."""
     from .. import api
-    from .. import run as record
+    from ..run import list_evaluations, read_evaluation, read_run_info
 
     if data is None:
-        if hasattr(record, "read_evaluation"):
-            try:
-                saved = record.read_evaluation(run)
-                if saved and saved.get("predictions") is not None:
-                    return saved
-            except PawsightError:
-                pass
-        info = record.read_run_info(run)
-        data = info.get("data", {}).get("root")
+        if list_evaluations(run):
+            return read_evaluation(run)
+        data = read_run_info(run).get("data", {}).get("root")
         if not data or not Path(data).is_dir():
-            raise PawsightError(f"{run} has no saved evaluation and its training pictures are gone; "
+            raise PawsightError(f"{shown(run)} has no saved evaluation and its training pictures are gone; "
                                 "give labelled pictures with --data DIR")
         split = split or "validation"
-    result = api.evaluate(run, data, split=split)
-    if result.get("predictions") is None:
-        result["predictions"] = _predictions(run, data, result["split"])
-    return result
-
-
-def _predictions(run: str | Path, data: str | Path, split: str) -> list[dict[str, Any]]:
-    """Per-picture predictions for api.evaluate results that do not carry them (older run records)."""
-    from ..api import _evaluation_samples
-    from ..cache import ImageCache
-    from ..data import Sample
-    from ..run import load_model, read_run_info
-
-    model = load_model(run)
-    classes = list(model.classes_)
-    samples, _, ds = _evaluation_samples(data, split, read_run_info(run))
-    samples = [Sample(s.path, classes.index(ds.classes[s.label]), s.split) for s in samples]
-    decoded = ImageCache().load_samples(samples, model.preprocessing)
-    proba = model.predict_proba(decoded.images) if len(decoded.labels) else np.zeros((0, len(classes)))
-    out = []
-    for path, t, p in zip(decoded.paths, decoded.labels.tolist(), proba, strict=True):
-        out.append({"path": str(path), "label": classes[t], "predicted": classes[int(np.argmax(p))],
-                    "probabilities": [float(v) for v in p],
-                    "loss": float(-np.log(max(float(p[t]), 1e-12)))})
-    return out
+    return api.evaluate(run, data, split=split)
