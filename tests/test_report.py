@@ -139,6 +139,9 @@ def test_roc_and_precision_recall_curves() -> None:
     proba3 = [[0.8 if j == t else 0.1 for j in range(3)] for t in y3]
     fig3 = plots.roc_pr(fake_evaluation(y3, proba3, ["a", "b", "c"]))
     assert fig3.data["mode"] == "one-vs-rest" and [c["auc"] for c in fig3.data["curves"]] == [1.0] * 3
+    # class names are text, never math: an unbalanced TeX command in a folder name must not break a drawing
+    odd = fake_evaluation(y, [[1 - v, v] for v in p1], ["$\\frac$", "a$b"])
+    assert all(is_png(f.png) for f in plots.evaluation_figures(odd))
     many = [f"c{i}" for i in range(plots.MAX_ROC_CLASSES + 1)]
     assert plots.roc_pr(fake_evaluation([0, 1], [[0.5, 0.5] + [0.0] * (len(many) - 2)] * 2, many)) is None
 

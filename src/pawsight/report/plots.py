@@ -263,7 +263,9 @@ def confusion(evaluation: dict[str, Any]) -> Figure:
 
 
 def _short(name: str, n: int = 18) -> str:
-    return name if len(name) <= n else name[:n - 1] + "…"
+    """A class name for a tick or legend label: shortened, and '$' escaped so it is never parsed as math."""
+    name = name if len(name) <= n else name[:n - 1] + "…"
+    return name.replace("$", r"\$")
 
 
 def per_class(evaluation: dict[str, Any]) -> Figure:
