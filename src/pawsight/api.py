@@ -12,13 +12,14 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .cache import ImageCache
-from .data import SPLITS, DataSet, Sample, Skip, counts_of, scan
+from .data import SPLITS, DataSet, Sample, Skip, counts_of, per_class_subset, scan
 from .errors import PawsightError
 from .evaluation import classification_metrics, picture_predictions
 from .run import (
@@ -45,8 +46,12 @@ def load(run_dir: PathLike):
 
 def train(data: PathLike, approach: str = "transfer", out: PathLike | None = None, *, seed: int = 0,
           val_fraction: float = 0.2, drop_duplicates: bool = False, resume: bool = False,
-          overwrite: bool = False, cache: ImageCache | None = None, **params: Any):
+          overwrite: bool = False, cache: ImageCache | None = None, per_class: int | None = None,
+          **params: Any):
     """Train a model of `approach` on the data folder `data`, write the run directory `out`.
+
+    `per_class`: train on at most that many pictures per class (a seeded subset of the training split,
+    nested across sizes; the validation split is unchanged), as `pawsight compare` does for learning curves.
 
     Returns (model, info) where info is what `run.json` holds (metrics, timings, data summary).
     `overwrite` replaces only a pawsight run (only the files pawsight wrote); `resume` continues `out` with
@@ -66,6 +71,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     model = make_model(approach, seed=seed, **params) if "seed" in _accepted(approach) else \
         make_model(approach, **params)
     ds = scan(data, val_fraction=val_fraction, seed=seed)
+    if per_class is not None:
+        ds = replace(ds, samples=per_class_subset(ds.samples, per_class, seed))
     if not ds.split("train"):
         raise PawsightError(f"{data} has no training images "
                             f"(expected {data}/<class>/ or {data}/train/<class>/)")
@@ -77,7 +84,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     else:
         out.mkdir(parents=True, exist_ok=True)
     try:
-        return _train(model, ds, data, out, approach, seed, val_fraction, drop_duplicates, cache, main, t0)
+        return _train(model, ds, data, out, approach, seed, val_fraction, drop_duplicates, cache, main, t0,
+                      per_class=per_class)
     except Exception as exc:
         if main:
             reason = str(exc) if isinstance(exc, PawsightError) else f"{type(exc).__name__}: {exc}"
@@ -90,14 +98,15 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
 
 
 def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: int, val_fraction: float,
-           drop_duplicates: bool, cache: ImageCache | None, main: bool, t0: float):
+           drop_duplicates: bool, cache: ImageCache | None, main: bool, t0: float,
+           per_class: int | None = None):
     timings: dict[str, float] = {}
     prep = model.preprocessing
     # Every option `train --resume` needs, written first so an interrupted run continues with the same
     # settings; replaced when done.
     options = {"approach": approach, "classes": ds.classes, "seed": seed, "val_fraction": val_fraction,
                "drop_duplicates": drop_duplicates, "params": _jsonable(model.get_params()),
-               "preprocessing": prep.to_dict()}
+               "preprocessing": prep.to_dict(), **({"per_class": per_class} if per_class is not None else {})}
     if main:
         write_run_info(out, {**options, "status": "training", "data": {"root": str(Path(data).resolve())}})
     cache = cache or ImageCache()

@@ -159,6 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="most pictures the model takes at once from concurrent requests (1: no batching)")
     sv.add_argument("--workers", type=int, default=1,
                     help="model threads answering batches at the same time (default 1)")
+    cmp = sub.add_parser("compare", help="which approach for my data? learning curves of each approach",
+                         epilog="Trains each approach on growing, nested per-class subsets of the training "
+                                "pictures (same validation pictures) and writes charts, a CSV and an HTML "
+                                "leaderboard into --out.")
+    cmp.add_argument("data", type=Path)
+    cmp.add_argument("--approaches", default="classical,transfer",
+                     help="comma-separated: classical, transfer, scratch (default: classical,transfer)")
+    cmp.add_argument("--sizes", default="10,25,50,100,250,all",
+                     help="training pictures per class, comma-separated; 'all' = every training picture")
+    cmp.add_argument("--time-budget", type=parse_duration, default=1200.0, metavar="DURATION",
+                     help="for the whole comparison (default 20m); scratch gets what the others leave")
+    cmp.add_argument("--out", type=Path, default=None, help="folder to write (default: runs/compare-<time>)")
+    cmp.add_argument("--overwrite", action="store_true", help="replace the results of an earlier compare")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--json", action="store_true", help="print compare.json on stdout")
 
     add_report_parsers(sub)
 
@@ -229,6 +244,8 @@ def run_command(args: argparse.Namespace) -> int:
         return serve_command(args)
     if args.command in ("plot", "explain", "report"):
         return report_command(args)
+    if args.command == "compare":
+        return compare_command(args)
     return predict_command(args)
 
 
@@ -344,6 +361,20 @@ def serve_command(args: argparse.Namespace) -> int:
     print(f"serving {shown(args.run)} on http://{shown_host}:{port}/ (API reference: /docs; Ctrl-C stops)",
           file=sys.stderr, flush=True)
     make_server(app).run(sockets=[sock])
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from .choose import CompareRow, compare, format_leaderboard, parse_approaches, parse_sizes
+
+    result = compare(args.data, parse_approaches(args.approaches), parse_sizes(args.sizes),
+                     time_budget=args.time_budget, out=args.out, seed=args.seed, overwrite=args.overwrite,
+                     say=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_leaderboard([CompareRow(**r) for r in result["rows"]]))
+    print(f"compared in {result['seconds']:.0f} s; charts, compare.csv and compare.html in {result['out']}")
     return 0
 
 

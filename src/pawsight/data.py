@@ -296,3 +296,21 @@ def split_samples(samples: list[Sample], fraction: float, seed: int, from_split:
         for i, s in enumerate(group):
             out.append(Sample(s.path, s.label, "validation" if i in val_idx else from_split))
     return sorted(out, key=lambda s: (SPLITS.index(s.split), s.label, str(s.path)))
+
+
+def per_class_subset(samples: list[Sample], n: int, seed: int = 0, split: str = "train") -> list[Sample]:
+    """At most `n` pictures per class of `split` (other splits untouched): seeded and nested, i.e. the subset
+    for a smaller `n` is part of the subset for a larger one, so a learning curve adds pictures, never swaps
+    them. The order comes from file names, like `split_samples`."""
+    if n < 1:
+        raise PawsightError(f"pictures per class must be at least 1, got {n}")
+    by_label: dict[int, list[Sample]] = {}
+    for s in samples:
+        if s.split == split:
+            by_label.setdefault(s.label, []).append(s)
+    keep: set[int] = set()
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda s: str(s.path))
+        order = np.random.default_rng([seed, label]).permutation(len(group))
+        keep.update(id(group[i]) for i in order[:n])
+    return [s for s in samples if s.split != split or id(s) in keep]
