@@ -1,7 +1,7 @@
 """Run pawsight's benchmarks on ../shared/datasets (or --data) and print their tables.
 
     ./run.sh bench               every benchmark
-    ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report
+    ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report, choose
 Extra arguments after the name are passed to that benchmark (see each bench_*.py's --help).
 """
 
@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-NAMES = ["data", "classical", "transfer", "scratch", "serve", "report"]
+NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose"]
 
 
 def main(argv: list[str]) -> int:

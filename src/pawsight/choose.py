@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ def parse_sizes(text: str) -> list[int | None]:
         elif part.isdigit() and int(part) > 0:
             sizes.add(int(part))
         else:
-            raise PawsightError(f"--sizes takes positive numbers of pictures per class or 'all', got {part!r}")
+            raise PawsightError(f"--sizes takes positive numbers of pictures per class or 'all', "
+                                f"got {part!r}")
     return sorted(sizes, key=lambda s: math.inf if s is None else s)
 
 
@@ -62,7 +63,7 @@ def parse_approaches(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-# -- compare --------------------------------------------------------------------------------------------------
+# -- compare -------------------------------------------------------------------------------------------------
 
 @dataclass
 class CompareRow:
@@ -163,7 +164,8 @@ def _n_train(counts: dict[str, int], size: int | None) -> int:
     return sum(counts.values()) if size is None else sum(min(size, c) for c in counts.values())
 
 
-def _scratch_budgets(sizes: list[int | None], counts: dict[str, int], seconds: float) -> dict[int | None, float]:
+def _scratch_budgets(sizes: list[int | None], counts: dict[str, int], seconds: float
+                     ) -> dict[int | None, float]:
     """Split `seconds` over scratch runs in proportion to their training-set sizes; a run whose share is
     below MIN_SCRATCH_SECONDS is dropped (smallest first) and its share goes to the others. Each run gets
     ~80% of its share as its training budget: decoding, validation and saving take the rest."""
@@ -191,7 +193,8 @@ def _cache_root(path: Path) -> Iterator[None]:
             os.environ["PAWSIGHT_CACHE"] = old
 
 
-def prediction_speed(model: Any, data: PathLike, seed: int, scratch_cache: Path, variant: int = 0) -> float | None:
+def prediction_speed(model: Any, data: PathLike, seed: int, scratch_cache: Path, variant: int = 0
+                     ) -> float | None:
     """Pictures per second of `model.predict_proba` on decoded validation pictures whose features are not
     cached (feature caches pointed at `scratch_cache`, pixels changed in the lowest bit per `variant` so no
     earlier row matches): what predicting new pictures costs, decoding excluded."""
@@ -267,8 +270,9 @@ def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
     from matplotlib import pyplot as plt
 
     out = {}
-    for name, x_of, xlabel in (("accuracy-vs-size.png", lambda r: r.n_train, "training pictures (all classes)"),
-                               ("accuracy-vs-time.png", lambda r: r.train_seconds, "training time (s)")):
+    for name, x_of, xlabel in (
+            ("accuracy-vs-size.png", lambda r: r.n_train, "training pictures (all classes)"),
+            ("accuracy-vs-time.png", lambda r: r.train_seconds, "training time (s)")):
         fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
         for approach in dict.fromkeys(r.approach for r in rows):
             pts = sorted((x_of(r), r.accuracy) for r in rows
@@ -318,3 +322,620 @@ on the same validation pictures; {len([r for r in rows if r.accuracy is not None
 </tr></thead><tbody>{''.join(body)}</tbody></table></section>
 </body></html>
 """
+
+
+# -- recipes, data, hardware ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to train: an approach and its parameters (what `api.train` takes)."""
+
+    name: str
+    approach: str
+    params: tuple[tuple[str, Any], ...]
+    description: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.kwargs.get("model", "efficientnet_lite0"))
+
+    @property
+    def flips(self) -> int:
+        """Feature passes per picture: mirrored copies count twice."""
+        return 2 if self.kwargs.get("tta", self.approach == "classical") else 1
+
+    def command(self, budget: float | None = None) -> str:
+        opts = [f"--approach {self.approach}"]
+        for k, v in self.params:
+            if k == "time_budget":
+                continue
+            opts.append(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}")
+        if budget is not None and self.approach == "scratch" or self.kwargs.get("mode") == "finetune":
+            opts.append(f"--time-budget {int(round(budget or 600))}s")
+        return "pawsight train DATA " + " ".join(opts)
+
+
+FROZEN = [
+    Recipe("transfer-lite0", "transfer", (), "EfficientNet-Lite0 frozen features + logistic regression"),
+    Recipe("transfer-lite0-tta", "transfer", (("tta", True),), "Lite0 frozen, mirrored copies + flip TTA"),
+    Recipe("transfer-lite1-tta", "transfer", (("model", "efficientnet_lite1"), ("tta", True)),
+           "Lite1 frozen + flip TTA"),
+    Recipe("transfer-lite2-tta", "transfer", (("model", "efficientnet_lite2"), ("tta", True)),
+           "Lite2 frozen + flip TTA"),
+]
+CLASSICAL = Recipe("classical", "classical", (), "HOG + colour + LBP + DAISY words, RBF SVM, mirrored copies")
+FINETUNE = Recipe("finetune-lite0", "transfer", (("mode", "finetune"),), "EfficientNet-Lite0 fine-tuned")
+SCRATCH = Recipe("scratch", "scratch", (), "residual CNN trained from scratch")
+RECIPES = [CLASSICAL, *FROZEN, FINETUNE, SCRATCH]
+
+
+def describe_data(data: PathLike, seed: int = 0, val_fraction: float = 0.2, headers: int = 60
+                  ) -> dict[str, Any]:
+    """Pictures per class and split, and image sizes from a sample of file headers (no decoding)."""
+    from PIL import Image
+
+    from .data import scan
+
+    ds = scan(data, val_fraction=val_fraction, seed=seed)
+    counts = ds.counts()
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(ds.samples), size=min(headers, len(ds.samples)), replace=False) \
+        if ds.samples else []
+    sizes = []
+    for i in pick:
+        try:
+            with Image.open(ds.samples[int(i)].path) as im:
+                sizes.append(im.size)
+        except Exception:  # noqa: BLE001 - unreadable files are reported by training, not here
+            continue
+    train = counts.get("train", {})
+    return {"classes": ds.classes, "counts": counts, "n_train": sum(train.values()),
+            "n_validation": sum(counts.get("validation", {}).values()),
+            "min_per_class": min(train.values()) if train else 0,
+            "max_per_class": max(train.values()) if train else 0,
+            "median_width": int(np.median([s[0] for s in sizes])) if sizes else None,
+            "median_height": int(np.median([s[1] for s in sizes])) if sizes else None,
+            "headers_read": len(sizes)}
+
+
+def describe_hardware() -> dict[str, Any]:
+    """Cores, RAM, and a GPU with its memory when PyTorch sees one (torch imported only if installed)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    gpu: dict[str, Any] | None = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            gpu = {"name": props.name, "memory_bytes": int(props.total_memory),
+                   "count": torch.cuda.device_count()}
+    except ImportError:
+        pass
+    return {"cores": cores, "ram_bytes": ram, "gpu": gpu, "load_average": _load_average()}
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+# -- calibration: a few seconds of each approach's real work -------------------------------------------------
+
+@dataclass
+class Calibration:
+    """Measured costs on this machine, in seconds (per picture unless said otherwise)."""
+
+    decode: dict[int, float]              # image size -> seconds per picture, cold (nothing cached)
+    classical: dict[str, Any]             # setup, words/extract per image, pipeline fit points, predict
+    backbones: dict[str, dict[str, Any]]  # name -> setup, feature_per_image, head points
+    train_images_per_second: dict[str, float]  # scratch / finetune training throughput
+    probe: dict[str, float]               # quick held-out accuracy of small fits: classical, transfer-lite0
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds the calibration spent per part
+
+
+def calibrate(data: PathLike, recipes: list[Recipe] | None = None, seed: int = 0, val_fraction: float = 0.2,
+              per_class: int = 16, say: Callable[[str], None] = lambda _: None) -> Calibration:
+    """Time the real pieces of each approach on a few of the user's training pictures, in a temporary cache
+    (so nothing is found already computed): decoding, feature extraction (classical and each backbone), the
+    fit of the classifier on top (on the real features tiled to a few hundred rows, then extrapolated), and a
+    few training steps of the networks. Also scores small classical and Lite0 fits on other training
+    pictures: a quick, noisy hint (never the validation split)."""
+    from .cache import ImageCache
+    from .data import scan
+    from .models.base import make_model
+
+    recipes = recipes or RECIPES
+    t0 = time.perf_counter()
+    ds = scan(data, val_fraction=val_fraction, seed=seed)
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[Any]] = {}
+    for s in ds.split("train"):
+        by_class.setdefault(s.label, []).append(s)
+    # disjoint samples per class: A (a first, small fit: loads and exports), B (timed fit), C (held out)
+    n_a, n_b, n_c = 2, per_class, max(2, per_class // 2)
+    A, B, C = [], [], []
+    for label in sorted(by_class):
+        group = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        A += group[:n_a]
+        B += group[n_a:n_a + n_b]
+        C += group[n_a + n_b:n_a + n_b + n_c]
+    if len({s.label for s in A}) < 2 or len({s.label for s in B}) < 2:
+        raise PawsightError(f"{data} needs training pictures of at least two classes")
+    classes = ds.classes
+    cal = Calibration({}, {}, {}, {}, {})
+    tmp = Path(tempfile.mkdtemp(prefix="pawsight-calibrate-"))
+    try:
+        with _cache_root(tmp):
+            cache = ImageCache()
+
+            def pixels(prep: Any) -> tuple[Any, Any, Any]:
+                t = time.perf_counter()
+                a, b, c = (cache.load_samples(x, prep, desc="calibrating") for x in (A, B, C))
+                n = len(a.labels) + len(b.labels) + len(c.labels)
+                cal.decode[prep.size] = (time.perf_counter() - t) / max(1, n)
+                return a, b, c
+
+            if any(r.approach == "classical" for r in recipes):
+                _stage(cal, "calibrating classical features", say)
+                model = make_model("classical", seed=seed)
+                _, b, c = pixels(model.preprocessing)
+                t = time.perf_counter()
+                model.fit(b.images, b.labels, classes=classes)
+                total = time.perf_counter() - t
+                tm = dict(model.timings_)
+                n = len(b.labels)
+                cal.classical.update(
+                    setup=max(0.0, total - sum(tm.get(k, 0.0) for k in ("features.fit", "extract", "fit"))),
+                    words_per_image=tm.get("features.fit", 0.0) / max(1, min(n, _daisy_fit_images(model))),
+                    words_images=_daisy_fit_images(model),
+                    extract_per_image=tm.get("extract", 0.0) / max(1, 2 * n),
+                    pipeline=_time_classical_pipeline(model, b.images, b.labels, seed))
+                if len(c.labels):
+                    t = time.perf_counter()
+                    proba = model.predict_proba(c.images)
+                    cal.classical["predict_per_image"] = (time.perf_counter() - t) / len(c.labels)
+                    cal.probe["classical"] = float((proba.argmax(1) == c.labels).mean())
+            head_points: list[tuple[int, float]] | None = None
+            for spec in sorted({r.backbone for r in recipes if r.approach == "transfer"}):
+                _stage(cal, f"calibrating {spec}", say)
+                first = make_model("transfer", model=spec, seed=seed)
+                a, b, c = pixels(first.preprocessing)
+                first.fit(a.images, a.labels, classes=classes)  # loads the backbone, exports ONNX
+                model = make_model("transfer", model=spec, seed=seed)
+                model.fit(b.images, b.labels, classes=classes)
+                rate = model.timings_["features"] / max(1, len(b.labels))
+                # setup = backbone + ONNX export: what the first fit spent beyond its pictures' features
+                setup = first.timings_.get("backbone", 0.0) + max(
+                    0.0, first.timings_.get("features", 0.0) - rate * len(a.labels))
+                if head_points is None:  # the head's cost depends on rows and width, not on the backbone
+                    head_points = _time_head(model, b.images, b.labels, seed)
+                cal.backbones[spec] = {"setup": setup, "feature_per_image": rate, "head": head_points}
+                if len(c.labels) and spec == "efficientnet_lite0":
+                    cal.probe["transfer-lite0"] = float((model.predict_proba(c.images).argmax(1)
+                                                         == c.labels).mean())
+                if any(r.kwargs.get("mode") == "finetune" and r.backbone == spec for r in recipes):
+                    _stage(cal, "calibrating fine-tuning steps", say)
+                    cal.train_images_per_second["finetune"] = _train_speed(model.net_, b.images, 8, 0.875)
+            if any(r.approach == "scratch" for r in recipes):
+                _stage(cal, "calibrating scratch training steps", say)
+                from .models.scratch import build_network
+
+                model = make_model("scratch", seed=seed)
+                _, b, _ = pixels(model.preprocessing)
+                net = build_network(len(classes), model.width, model.depth)
+                cal.train_images_per_second["scratch"] = _train_speed(net, b.images, 64, 0.875)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    _stage(cal, "", say)
+    cal.seconds = round(time.perf_counter() - t0, 2)
+    return cal
+
+
+def _stage(cal: Calibration, name: str, say: Callable[[str], None]) -> None:
+    """Close the running stage's timer (its seconds into cal.stages) and start `name`'s."""
+    now = time.perf_counter()
+    last = getattr(cal, "_current", None)
+    if last is not None:
+        cal.stages[last[0]] = round(now - last[1], 2)
+    cal._current = (name.replace("calibrating ", ""), now) if name else None  # type: ignore[attr-defined]
+    if name:
+        say(name)
+
+
+def _tiled(F: np.ndarray, y: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` rows made of the real feature rows `F`, repeated with a little noise: a stand-in of a larger
+    training set with the same width and similar separability, for timing a fit."""
+    rng = np.random.default_rng(seed)
+    idx = np.resize(np.arange(len(F)), rows)
+    noise = rng.normal(0.0, 0.1, size=(rows, F.shape[1])) * (F.std(axis=0) + 1e-6)
+    return (F[idx] + noise).astype(np.float32), y[idx]
+
+
+def _time_head(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[tuple[int, float]]:
+    """Seconds of the frozen-transfer head (logistic regression, C by cross-validation) at two row counts."""
+    from .models.transfer import fit_linear_head
+
+    F = model._features(X)  # the fit just before cached these rows: a lookup
+    points = []
+    for rows in (128, 384):
+        Ft, yt = _tiled(F, y, rows, seed)
+        t = time.perf_counter()
+        fit_linear_head(Ft, yt, len(model.classes_), np.arange(rows), seed)
+        points.append((rows, time.perf_counter() - t))
+    return points
+
+
+def _time_classical_pipeline(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[tuple[int, float]]:
+    """Seconds of the classical pipeline's fit (scaling, PCA, SVM with its calibration) at two row counts."""
+    from sklearn.base import clone
+
+    from .features import extract
+
+    F = extract(model.extractors_, np.ascontiguousarray(X))  # cached: computed by the fit just before
+    points = []
+    for rows in (200, 600):
+        Ft, yt = _tiled(F, y, rows, seed)
+        t = time.perf_counter()
+        clone(model.pipeline_).fit(Ft, yt)
+        points.append((rows, time.perf_counter() - t))
+    return points
+
+
+def _daisy_fit_images(model: Any) -> int:
+    for e in getattr(model, "extractors_", []):
+        if getattr(e, "stateful", False):
+            return int(getattr(e, "fit_images", 400))
+    return 0
+
+
+def _train_speed(net: Any, images: np.ndarray, batch: int, crop_fraction: float, steps: int = 3) -> float:
+    """Training images per second of `net` (forward, backward, AdamW step) on real pictures at the crop size
+    training uses; one warm-up step not counted."""
+    import torch
+
+    from .training import default_threads
+
+    torch.set_num_threads(default_threads())
+    size = max(32, int(round(images.shape[1] * crop_fraction / 8)) * 8)
+    idx = np.resize(np.arange(len(images)), batch)
+    x = torch.from_numpy(np.ascontiguousarray(images[idx, :size, :size])).permute(0, 3, 1, 2).float() / 255
+    x = x.contiguous(memory_format=torch.channels_last)
+    net = net.train().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        n_out = net(x[:2]).shape[1]
+    head = torch.nn.Linear(n_out, 2)
+    params = [p for p in net.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    y = torch.zeros(batch, dtype=torch.long)
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(net(x)), y)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    net.eval()
+    return batch / float(np.median(times[1:]))
+
+
+# -- estimates -----------------------------------------------------------------------------------------------
+
+def _linear(points: list[tuple[int, float]], n: float) -> float:
+    """Extrapolate seconds at `n` from two measured (size, seconds) points: a fixed part plus a part that
+    grows linearly (never below the larger measurement)."""
+    (n1, t1), (n2, t2) = sorted(points)[:1] + sorted(points)[-1:]
+    slope = max(0.0, (t2 - t1) / (n2 - n1)) if n2 > n1 else t2 / max(1, n2)
+    return max(t2 if n >= n2 else 0.0, t1 + slope * (n - n1))
+
+
+def _power(points: list[tuple[int, float]], n: float) -> float:
+    """Extrapolate a kernel method's fit time: grows between linearly and quadratically with rows."""
+    (n1, t1), (n2, t2) = sorted(points)[:1] + sorted(points)[-1:]
+    if n2 <= n1 or t1 <= 0 or t2 <= 0:
+        return t2 * n / max(1, n2)
+    k = min(2.0, max(1.0, math.log(t2 / t1) / math.log(n2 / n1)))
+    return t2 * (n / n2) ** k
+
+
+def estimate_seconds(recipe: Recipe, cal: Calibration, n_train: int, n_val: int,
+                     budget: float | None = None) -> float | None:
+    """Predicted wall time of `api.train` with `recipe` on `n_train` + `n_val` pictures, nothing cached
+    (a first training; later ones find decoded pixels and features in the cache and are faster)."""
+    from .models.base import make_model
+
+    prep = make_model(recipe.approach, **{k: v for k, v in recipe.params if k != "time_budget"}).preprocessing
+    decode = cal.decode.get(prep.size, max(cal.decode.values(), default=0.0)) * (n_train + n_val)
+    if recipe.approach == "classical":
+        c = cal.classical
+        if not c:
+            return None
+        return (decode + c["setup"] + c["words_per_image"] * min(n_train, c["words_images"])
+                + c["extract_per_image"] * (2 * n_train + n_val) + _power(c["pipeline"], 2 * n_train)
+                + c.get("predict_per_image", 0.0) * 0 + 1.0)
+    if recipe.approach == "transfer":
+        b = cal.backbones.get(recipe.backbone)
+        if not b:
+            return None
+        frozen = (decode + b["setup"] + b["feature_per_image"] * recipe.flips * (n_train + n_val)
+                  + _linear(b["head"], recipe.flips * n_train) + 1.0)
+        if recipe.kwargs.get("mode") != "finetune":
+            return frozen
+        if budget is None:
+            speed = cal.train_images_per_second.get("finetune")
+            return None if not speed else frozen + 3 * (n_train / speed + n_val / (3 * speed))
+        return frozen + budget
+    if recipe.approach == "scratch":
+        if budget is None:
+            speed = cal.train_images_per_second.get("scratch")
+            return None if not speed else decode + 10 * (n_train / speed + n_val / (3 * speed)) + 2.0
+        return decode + budget + 2.0
+    return None
+
+
+# -- advise --------------------------------------------------------------------------------------------------
+
+def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fraction: float = 0.2,
+           say: Callable[[str], None] = lambda _: None, calibration: Calibration | None = None
+           ) -> dict[str, Any]:
+    """Data + hardware + calibration -> estimated training time of each recipe and a recommendation."""
+    t0 = time.perf_counter()
+    d = describe_data(data, seed=seed, val_fraction=val_fraction)
+    hw = describe_hardware()
+    cal = calibration or calibrate(data, RECIPES, seed=seed, val_fraction=val_fraction, say=say)
+    estimates = []
+    for r in RECIPES:
+        deep_budget = _deep_budget(r, time_budget)
+        est = estimate_seconds(r, cal, d["n_train"], d["n_validation"], deep_budget)
+        estimates.append({"recipe": r.name, "approach": r.approach, "description": r.description,
+                          "params": {**r.kwargs, **({"time_budget": deep_budget} if deep_budget else {})},
+                          "command": r.command(deep_budget),
+                          "estimated_seconds": None if est is None else round(est, 1),
+                          "fits_budget": est is not None and est <= time_budget})
+    rec = recommend(d, hw, cal, estimates, time_budget)
+    return {"data": d, "hardware": hw, "time_budget": time_budget, "calibration": asdict(cal),
+            "estimates": estimates, "recommendation": rec, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _deep_budget(recipe: Recipe, time_budget: float) -> float | None:
+    """What a network training gets of the user's budget (the loop plans its epochs to finish on time)."""
+    if recipe.approach == "scratch" or recipe.kwargs.get("mode") == "finetune":
+        return round(max(30.0, 0.9 * time_budget - 15.0), 0)
+    return None
+
+
+def recommend(d: dict[str, Any], hw: dict[str, Any], cal: Calibration, estimates: list[dict[str, Any]],
+              time_budget: float) -> dict[str, Any]:
+    """The recipe to try first, with reasons in plain words. Measured facts only: the calibration's times
+    and its quick held-out check; the final word belongs to cross-validation (`--approach auto`)."""
+    by_name = {e["recipe"]: e for e in estimates}
+    reasons: list[str] = []
+    frozen = [by_name[r.name] for r in FROZEN if by_name[r.name]["fits_budget"]]
+    classical = by_name["classical"]
+    n, k = d["min_per_class"], len(d["classes"])
+    if not frozen:
+        fastest = min((e for e in estimates if e["estimated_seconds"] is not None),
+                      key=lambda e: e["estimated_seconds"])
+        choice = fastest
+        reasons.append(f"nothing fits in {_dur(time_budget)}; the fastest recipe needs about "
+                       f"{_dur(fastest['estimated_seconds'])}")
+    else:
+        choice = frozen[-1]  # the largest backbone that fits: larger ones see more, at a higher cost
+        reasons.append(f"{choice['description']} is the largest pretrained backbone whose estimated "
+                       f"training time ({_dur(choice['estimated_seconds'])}) fits in your "
+                       f"{_dur(time_budget)}; pretrained features need few pictures per class")
+    p_cl, p_tr = cal.probe.get("classical"), cal.probe.get("transfer-lite0")
+    if p_cl is not None and p_tr is not None:
+        check = (f"a quick check (small fits on a few of your training pictures, scored on others) gave "
+                 f"classical {p_cl:.0%} and frozen Lite0 {p_tr:.0%}")
+        if p_cl >= p_tr + 0.1 and classical["fits_budget"]:
+            choice = classical
+            reasons.insert(0, check + ": hand-made features look better suited to these pictures "
+                           "(unlike the photos the backbone was trained on)")
+        elif p_cl >= p_tr - 0.05:
+            reasons.append(check + ": too close to call on so few pictures; let cross-validation decide "
+                           "(--approach auto)")
+        else:
+            reasons.append(check)
+    if n < 30:
+        reasons.append(f"only {n} training pictures in the smallest class: scores on so few pictures vary "
+                       "by several points; more pictures help more than a bigger model")
+    ft = by_name["finetune-lite0"]
+    speed = cal.train_images_per_second.get("finetune")
+    if hw.get("gpu"):
+        reasons.append(f"a GPU ({hw['gpu']['name']}) is present: fine-tuning becomes affordable")
+    elif speed:
+        epochs = (ft["params"].get("time_budget") or 0) * speed / max(1, d["n_train"])
+        reasons.append(f"fine-tuning on this CPU trains {speed:.0f} pictures/s: about {epochs:.1f} epochs in "
+                       f"{_dur(ft['params'].get('time_budget') or 0)} -- worth it mostly with a GPU or many "
+                       "pictures unlike ImageNet's")
+    sc = cal.train_images_per_second.get("scratch")
+    if sc:
+        reasons.append(f"a CNN from scratch trains {sc:.0f} pictures/s here; it needs thousands of pictures "
+                       "per class to approach pretrained features")
+    reasons.append(f"{k} classes, {d['n_train']} training pictures; decide by measurement with "
+                   f"'pawsight train DATA --approach auto --time-budget {_dur(time_budget)}' or see the "
+                   "learning curves with 'pawsight compare DATA'")
+    return {"recipe": choice["recipe"], "approach": choice["approach"], "params": choice["params"],
+            "command": choice["command"], "estimated_seconds": choice["estimated_seconds"],
+            "reasons": reasons}
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds % 60 < 1 or seconds >= 600 else f"{seconds / 60:.1f}m"
+
+
+def format_advice(advice: dict[str, Any]) -> str:
+    d, hw, rec = advice["data"], advice["hardware"], advice["recommendation"]
+    gpu = f"GPU {hw['gpu']['name']} ({hw['gpu']['memory_bytes'] / 2**30:.0f} GB)" if hw.get("gpu") \
+        else "no GPU"
+    ram = f"{hw['ram_bytes'] / 2**30:.0f} GB RAM" if hw.get("ram_bytes") else "RAM unknown"
+    lines = [f"data: {len(d['classes'])} classes ({', '.join(shown(c) for c in d['classes'])}), "
+             f"{d['n_train']} training / {d['n_validation']} validation pictures, "
+             f"{d['min_per_class']}-{d['max_per_class']} per class"
+             + (f", median {d['median_width']}x{d['median_height']} px" if d.get("median_width") else ""),
+             f"machine: {hw['cores']} cores, {ram}, {gpu}"
+             + (f" (load {hw['load_average']})" if hw.get("load_average") is not None else ""),
+             f"calibration: {advice['calibration']['seconds']:.0f} s of real work on this machine", "",
+             f"{'recipe':<20} {'estimated':>10}  command"]
+    for e in advice["estimates"]:
+        est = _dur(e["estimated_seconds"])
+        mark = "" if e["fits_budget"] else "  (over budget)"
+        lines.append(f"{e['recipe']:<20} {est:>10}  {e['command']}{mark}")
+    lines += ["", f"recommended: {rec['recipe']}  ->  {rec['command']}"]
+    lines += [f"  - {r}" for r in rec["reasons"]]
+    lines.append("estimates are for a first training (nothing cached); later trainings reuse decoded "
+                 "pictures and features")
+    return "\n".join(lines)
+
+
+# -- auto: choose by cross-validation on the training split --------------------------------------------------
+
+def auto_candidates(include_finetune: bool = True) -> list[Recipe]:
+    return [CLASSICAL, *FROZEN] + ([FINETUNE] if include_finetune else [])
+
+
+def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: float = 600.0, seed: int = 0,
+               val_fraction: float = 0.2, drop_duplicates: bool = False, overwrite: bool = False,
+               candidates: list[Recipe] | None = None, folds: int = 3,
+               say: Callable[[str], None] = lambda _: None) -> tuple[Any, dict[str, Any]]:
+    """Score candidate recipes by `folds`-fold cross-validation on the training split (the validation split
+    is never looked at), cheapest first and only while the estimated cost fits in `time_budget`; train the
+    best with `api.train`; record the advice and every candidate's score in run.json."""
+    from . import api
+    from .run import read_run_info, write_run_info
+
+    t0 = time.perf_counter()
+    out = Path(out) if out is not None else Path("runs") / f"auto-{time.strftime('%Y%m%d-%H%M%S')}"
+    if ((out / "run.json").exists() or (out / "checkpoint").exists()) and not overwrite:
+        raise PawsightError(f"{out} already holds a run; choose another --out or add --overwrite")
+    candidates = list(candidates or auto_candidates())
+    say("calibrating (a few seconds of each approach's real work)")
+    cal = calibrate(data, candidates, seed=seed, val_fraction=val_fraction, say=say)
+    advice = advise(data, time_budget, seed=seed, val_fraction=val_fraction, calibration=cal)
+    n_train, n_val = advice["data"]["n_train"], advice["data"]["n_validation"]
+    k = max(2, min(folds, advice["data"]["min_per_class"]))
+    plans = []
+    for r in candidates:
+        cost = cv_cost(r, cal, n_train, k)
+        final = estimate_seconds(r, cal, n_train, n_val)
+        plans.append((r, cost, final))
+    plans.sort(key=lambda p: (p[1] is None, p[1] or 0.0))
+    scored: list[dict[str, Any]] = []
+    for r, cost, final in plans:
+        entry: dict[str, Any] = {"recipe": r.name, "approach": r.approach, "params": r.kwargs,
+                                 "description": r.description,
+                                 "estimated_cv_seconds": None if cost is None else round(cost, 1)}
+        scored.append(entry)
+        left = time_budget - (time.perf_counter() - t0)
+        params = r.kwargs
+        if r.kwargs.get("mode") == "finetune":
+            # one budget for the held-out fit and one for the final training, after the frozen recipes
+            done = [e for e in scored if e.get("cv_accuracy") is not None]
+            reserve = max([e.get("final_estimate") or 0.0 for e in done], default=0.0)
+            share = (left - reserve - 30.0) / 2.2
+            speed = cal.train_images_per_second.get("finetune") or 0.0
+            if share < max(60.0, 2 * n_train / max(speed, 1e-9)):  # at least two epochs
+                entry["status"] = "skipped: the time budget does not allow fine-tuning for two epochs"
+                continue
+            params = {**params, "time_budget": round(share, 0)}
+            entry["params"] = params
+        elif cost is None or final is None or cost + final > left:
+            entry["status"] = (f"skipped: estimated {_dur((cost or 0) + (final or 0))} for cross-validation "
+                               f"and training, {_dur(max(0.0, left))} left")
+            say(f"{r.name}: {entry['status']}")
+            continue
+        say(f"cross-validating {r.name} ({k} folds)")
+        t = time.perf_counter()
+        entry.update(cross_validate(data, r.approach, params, seed=seed, val_fraction=val_fraction, folds=k,
+                                    holdout=r.kwargs.get("mode") == "finetune"))
+        entry["seconds"] = round(time.perf_counter() - t, 2)
+        entry["final_estimate"] = final
+        entry["status"] = "scored"
+        say(f"{r.name}: cross-validated accuracy {entry['cv_accuracy']:.2%} in {entry['seconds']:.0f} s")
+    done = [e for e in scored if e.get("cv_accuracy") is not None]
+    if not done:
+        raise PawsightError(f"no candidate fits in the time budget of {_dur(time_budget)}; give more time "
+                            "(--time-budget) or train one approach directly")
+    best = max(done, key=lambda e: (e["cv_accuracy"], -e["cv_log_loss"]))
+    say(f"training the winner: {best['recipe']}")
+    model, info = api.train(data, best["approach"], out, seed=seed, val_fraction=val_fraction,
+                            drop_duplicates=drop_duplicates, overwrite=overwrite, **best["params"])
+    if not info:
+        return model, info
+    info = read_run_info(out)
+    info["auto"] = {"time_budget": time_budget, "folds": k, "winner": best["recipe"],
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "candidates": [{kk: v for kk, v in e.items() if kk != "final_estimate"} for e in scored],
+                    "advice": {"recommendation": advice["recommendation"], "estimates": advice["estimates"],
+                               "hardware": advice["hardware"]}}
+    write_run_info(out, info)
+    return model, info
+
+
+def cv_cost(r: Recipe, cal: Calibration, n_train: int, folds: int) -> float | None:
+    """Estimated seconds to cross-validate `r`: frozen features are computed once (cached per picture) and
+    only the head is refitted per fold; the classical visual words are relearnt per fold."""
+    part = n_train * (folds - 1) / folds
+    if r.approach == "classical":
+        c = cal.classical
+        if not c:
+            return None
+        decode = cal.decode.get(128, 0.0) * n_train
+        return decode + folds * (c["setup"] + c["words_per_image"] * min(part, c["words_images"])
+                                 + c["extract_per_image"] * (2 * part + n_train - part)
+                                 + _power(c["pipeline"], 2 * part))
+    if r.approach == "transfer":
+        b = cal.backbones.get(r.backbone)
+        if not b:
+            return None
+        base = (max(cal.decode.values(), default=0.0) * n_train + b["setup"]
+                + b["feature_per_image"] * r.flips * n_train + folds * _linear(b["head"], r.flips * part))
+        return base if r.kwargs.get("mode") != "finetune" else base
+    return None
+
+
+def cross_validate(data: PathLike, approach: str, params: dict[str, Any], *, seed: int = 0,
+                   val_fraction: float = 0.2, folds: int = 3, holdout: bool = False) -> dict[str, Any]:
+    """Stratified `folds`-fold cross-validation of one recipe on the training split only (with `holdout`:
+    the first fold only, for recipes too slow to fit k times). Decoded pixels and features come from the
+    caches, so the final training afterwards does not pay for them again."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from .cache import ImageCache
+    from .data import scan
+    from .models.base import make_model
+
+    ds = scan(data, val_fraction=val_fraction, seed=seed)
+    prep = make_model(approach, **params).preprocessing
+    tr = ImageCache().load_samples(ds.split("train"), prep, desc="decoding train")
+    X, y = tr.images, tr.labels
+    proba = np.full((len(y), len(ds.classes)), np.nan)
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    for fit_idx, test_idx in splits[:1] if holdout else splits:
+        model = make_model(approach, seed=seed, **params)
+        model.fit(X[fit_idx], y[fit_idx], classes=ds.classes)
+        proba[test_idx] = model.predict_proba(X[test_idx])
+    scored = ~np.isnan(proba[:, 0])
+    p, t = proba[scored], y[scored]
+    return {"cv_accuracy": round(float((p.argmax(1) == t).mean()), 4),
+            "cv_log_loss": round(float(-np.log(np.clip(p[np.arange(len(t)), t], 1e-12, 1)).mean()), 4),
+            "cv_pictures": int(scored.sum()), "folds": 1 if holdout else folds}

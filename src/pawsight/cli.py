@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a classifier and write a run directory")
     tr.add_argument("data", type=Path, nargs="?", help="folder of class sub-folders (or train/ validation/)")
-    tr.add_argument("--approach", choices=["transfer", "classical", "scratch"], default=None,
+    tr.add_argument("--approach", choices=["transfer", "classical", "scratch", "auto"], default=None,
                     help="transfer learning (default), classical features + scikit-learn, "
-                         "or a CNN from scratch")
+                         "a CNN from scratch, or auto: choose by cross-validation on the training split "
+                         "within --time-budget (default 10m for auto)")
     tr.add_argument("--out", type=Path, default=None,
                     help="run directory to write (default: runs/<approach>-<time>)")
     tr.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue an interrupted run")
@@ -176,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="print compare.json on stdout")
 
     add_report_parsers(sub)
+    adv = sub.add_parser("advise", help="which approach for my data and machine? time estimates, a "
+                                        "recommendation",
+                         epilog="Reads the data and the hardware, runs a short calibration (a few seconds of "
+                                "each approach's real work here) and estimates each recipe's training time.")
+    adv.add_argument("data", type=Path)
+    adv.add_argument("--time-budget", type=parse_duration, default=600.0, metavar="DURATION",
+                     help="how long a training may take (default 10m)")
+    adv.add_argument("--seed", type=int, default=0)
+    adv.add_argument("--val-fraction", type=float, default=0.2)
+    adv.add_argument("--json", action="store_true", help="print the advice as one JSON object")
 
     from .cache import CACHE_PARTS, REBUILT
 
@@ -246,6 +257,8 @@ def run_command(args: argparse.Namespace) -> int:
         return report_command(args)
     if args.command == "compare":
         return compare_command(args)
+    if args.command == "advise":
+        return advise_command(args)
     return predict_command(args)
 
 
@@ -265,6 +278,10 @@ def train_command(args: argparse.Namespace) -> int:
                                     f"pawsight train DATA --resume {args.resume}")
             args.data = Path(root)
         _, info = train(args.data, out=args.resume, resume=True, **params)
+    elif args.approach == "auto":
+        if args.data is None:
+            raise PawsightError("give the data folder: pawsight train DATA --approach auto")
+        _, info = auto_train_command(args, params)
     else:
         if args.data is None:
             raise PawsightError("give the data folder: pawsight train DATA [--approach ...]")
@@ -361,6 +378,36 @@ def serve_command(args: argparse.Namespace) -> int:
     print(f"serving {shown(args.run)} on http://{shown_host}:{port}/ (API reference: /docs; Ctrl-C stops)",
           file=sys.stderr, flush=True)
     make_server(app).run(sockets=[sock])
+    return 0
+
+
+def auto_train_command(args: argparse.Namespace, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from .choose import auto_train
+
+    chosen = sorted(k for k in params if k != "time_budget")
+    if chosen:
+        raise PawsightError(f"--approach auto chooses the model options itself; drop {', '.join(chosen)} "
+                            "(or train that approach directly)")
+    model, info = auto_train(args.data, args.out, time_budget=params.get("time_budget") or 600.0,
+                             seed=args.seed, val_fraction=args.val_fraction,
+                             drop_duplicates=args.drop_duplicates, overwrite=args.overwrite,
+                             say=lambda line: print(line, file=sys.stderr))
+    if info and not args.json:
+        auto = info["auto"]
+        print("candidates (cross-validated on the training split):")
+        for c in auto["candidates"]:
+            score = f"{c['cv_accuracy']:.2%}" if c.get("cv_accuracy") is not None else c.get("status", "")
+            print(f"  {c['recipe']:<20} {score}")
+        print(f"chosen: {auto['winner']}")
+    return model, info
+
+
+def advise_command(args: argparse.Namespace) -> int:
+    from .choose import advise, format_advice
+
+    advice = advise(args.data, args.time_budget, seed=args.seed, val_fraction=args.val_fraction,
+                    say=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(advice, indent=2) if args.json else format_advice(advice))
     return 0
 
 
