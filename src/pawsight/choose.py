@@ -526,7 +526,8 @@ def calibrate(data: PathLike, recipes: list[Recipe] | None = None, seed: int = 0
                                                          == c.labels).mean())
                 if any(r.kwargs.get("mode") == "finetune" and r.backbone == spec for r in recipes):
                     _stage(cal, "calibrating fine-tuning steps", say)
-                    cal.train_images_per_second["finetune"] = _train_speed(model.net_, b.images, 8, 0.875)
+                    cal.train_images_per_second["finetune"] = _train_speed(model.net_, b.images, 4, 0.875,
+                                                                           steps=2)
             if any(r.approach == "scratch" for r in recipes):
                 _stage(cal, "calibrating scratch training steps", say)
                 from .models.scratch import build_network
