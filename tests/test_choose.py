@@ -64,13 +64,10 @@ def test_parse_sizes_and_approaches() -> None:
         choose.parse_approaches("classical,deep")
 
 
-def test_compare_on_the_tiny_set_writes_charts_csv_html_and_a_leaderboard(tiny: Path, tmp_path: Path,
-                                                                           capsys) -> None:
+def test_compare_on_the_tiny_set_writes_charts_csv_html_and_a_leaderboard(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    code = main(["compare", str(tiny), "--approaches", "classical,transfer", "--sizes", "5,all",
-                 "--out", str(out), "--time-budget", "10m"])
-    assert code == 0
-    printed = capsys.readouterr().out
+    result = choose.compare(tiny, ["classical", "transfer"], [5, None], out=out, time_budget=600,
+                            params={"classical": {"features": "hog,color,lbp"}})
     with open(out / "compare.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["approach"], r["per_class"]) for r in rows) == [
@@ -84,25 +81,36 @@ def test_compare_on_the_tiny_set_writes_charts_csv_html_and_a_leaderboard(tiny: 
         info = read_run_info(r["run"])
         assert info["metrics"]["validation"]["accuracy"] == pytest.approx(float(r["accuracy"]))
         assert info["metrics"]["validation"]["n_images"] == 40
-    # nested: the 5-per-class pictures are among the training pictures of 'all' (and are 5 per class)
-    small = api._evaluation_samples(tiny, "train", {"val_fraction": 0.2, "seed": 0})[0]
-    assert len(per_class_subset(small, 5)) == 10
+        assert info["metrics"]["train_size"] == int(r["n_train"])
     for name in ("accuracy-vs-size.png", "accuracy-vs-time.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] > 300
+            # one coloured line per approach: both matplotlib default colours are drawn
+            rgb = np.asarray(im.convert("RGB"))
+            for colour in ((31, 119, 180), (255, 127, 14)):
+                assert (rgb == colour).all(axis=-1).sum() > 50
     page = (out / "compare.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and page.count("<tr><td>") == 4
-    lines = [line for line in printed.splitlines() if line.split()[:1] in (["classical"], ["transfer"])]
-    assert len(lines) == 4  # the leaderboard: one line per (approach, size)
-    accuracies = [float(line.split()[3].rstrip("%")) for line in lines]
+    board = choose.format_leaderboard([choose.CompareRow(**r) for r in result["rows"]]).splitlines()
+    assert len(board) == 5  # header + one line per (approach, size)
+    accuracies = [float(line.split()[3].rstrip("%")) for line in board[1:]]
     assert accuracies == sorted(accuracies, reverse=True)
-    # a second compare into the same folder needs --overwrite; a foreign folder is refused
+    # a second compare into the same folder needs --overwrite; a foreign folder is refused untouched
     assert main(["compare", str(tiny), "--sizes", "5", "--out", str(out)]) == 2
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     assert main(["compare", str(tiny), "--sizes", "5", "--out", str(foreign)]) == 2
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_compare_command_prints_the_leaderboard(tiny: Path, tmp_path: Path, capsys) -> None:
+    code = main(["compare", str(tiny), "--approaches", "transfer", "--sizes", "4,8",
+                 "--out", str(tmp_path / "c")])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("transfer")]
+    assert sorted(line.split()[1] for line in lines) == ["4", "8"]
+    assert all(0 <= float(line.split()[3].rstrip("%")) <= 100 for line in lines)
 
 
 def test_compare_html_escapes_names() -> None:
