@@ -882,11 +882,19 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
         entry["status"] = "scored"
         say(f"{r.name}: cross-validated accuracy {entry['cv_accuracy']:.2%} in {entry['seconds']:.0f} s")
     done = [e for e in scored if e.get("cv_accuracy") is not None]
-    if not done:
-        raise PawsightError(f"no candidate fits in the time budget of {_dur(time_budget)}; give more time "
-                            "(--time-budget) or train one approach directly")
-    best = max(done, key=lambda e: (e["cv_accuracy"], -e["cv_log_loss"]))
-    say(f"training the winner: {best['recipe']}")
+    if done:
+        best = max(done, key=lambda e: (e["cv_accuracy"], -e["cv_log_loss"]))
+        say(f"training the winner: {best['recipe']}")
+    else:  # not even one cross-validation fits: train the fastest candidate rather than nothing
+        fastest = min((p for p in plans if p[2] is not None and p[0].kwargs.get("mode") != "finetune"),
+                      key=lambda p: p[2], default=None)
+        if fastest is None:
+            raise PawsightError("no candidate recipe can be estimated on this data; train one approach "
+                                "directly")
+        best = next(e for e in scored if e["recipe"] == fastest[0].name)
+        best["status"] = "chosen without cross-validation: the time budget allowed none"
+        say(f"the time budget ({_dur(time_budget)}) allows no cross-validation; training the fastest "
+            f"candidate, {best['recipe']} (estimated {_dur(fastest[2])})")
     model, info = api.train(data, best["approach"], out, seed=seed, val_fraction=val_fraction,
                             drop_duplicates=drop_duplicates, overwrite=overwrite, **best["params"])
     if not info:
