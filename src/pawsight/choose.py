@@ -127,8 +127,13 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
                     continue
                 run_dir = out / "runs" / f"{approach}-{row.size_label}"
                 t = time.perf_counter()
-                model, info = api.train(data, approach, run_dir, seed=seed, per_class=size, overwrite=True,
-                                        **params)
+                try:
+                    model, info = api.train(data, approach, run_dir, seed=seed, per_class=size,
+                                            overwrite=True, **params)
+                except PawsightError as exc:  # e.g. too few textured pictures for visual words: go on
+                    row.note = f"failed: {exc}"
+                    say(f"{approach} at {row.size_label} per class: {shown(exc)}")
+                    continue
                 row.train_seconds = round(time.perf_counter() - t, 3)
                 row.n_train = int(info["metrics"]["train_size"])
                 val = info["metrics"].get("validation") or {}
@@ -239,7 +244,7 @@ def format_leaderboard(rows: list[CompareRow]) -> str:
                      f"{_fmt(None if r.model_bytes is None else r.model_bytes / 1e6, '8.2f')}")
     for r in rows:
         if r.note:
-            lines.append(f"{r.approach} at {r.size_label} per class: {r.note}")
+            lines.append(f"{r.approach} at {r.size_label} per class: {shown(r.note)}")
     return "\n".join(lines)
 
 
@@ -357,8 +362,8 @@ class Recipe:
             if k == "time_budget":
                 continue
             opts.append(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}")
-        if budget is not None and self.approach == "scratch" or self.kwargs.get("mode") == "finetune":
-            opts.append(f"--time-budget {int(round(budget or 600))}s")
+        if budget is not None and (self.approach == "scratch" or self.kwargs.get("mode") == "finetune"):
+            opts.append(f"--time-budget {int(round(budget))}s")
         return "pawsight train DATA " + " ".join(opts)
 
 
