@@ -494,14 +494,15 @@ def calibrate(data: PathLike, recipes: list[Recipe] | None = None, seed: int = 0
                 cal.decode[prep.size] = (time.perf_counter() - t) / max(1, n)
                 return a, b, c
 
-            if any(r.approach == "classical" for r in recipes):
+            classical = next((r for r in recipes if r.approach == "classical"), None)
+            if classical is not None:
                 _stage(cal, "calibrating classical features", say)
-                first = make_model("classical", seed=seed)
+                first = make_model("classical", seed=seed, **classical.kwargs)
                 a, b, c = pixels(first.preprocessing)
                 t = time.perf_counter()
                 first.fit(a.images, a.labels, classes=classes)  # starts the worker processes
                 first_total = time.perf_counter() - t
-                model = make_model("classical", seed=seed)
+                model = make_model("classical", seed=seed, **classical.kwargs)
                 model.fit(b.images, b.labels, classes=classes)
                 tm = dict(model.timings_)
                 n = len(b.labels)
