@@ -133,7 +133,7 @@ def calibration(tiny: Path) -> choose.Calibration:
 
 def test_calibration_measures_each_part(calibration: choose.Calibration) -> None:
     cal = calibration
-    assert set(cal.decode) == {128, 224, 112} and all(v > 0 for v in cal.decode.values())
+    assert set(cal.decode) == {"128", "224", "112"} and all(v > 0 for v in cal.decode.values())
     assert cal.classical["extract_per_image"] > 0 and len(cal.classical["pipeline"]) == 2
     lite0 = cal.backbones["efficientnet_lite0"]
     assert lite0["feature_per_image"] > 0 and lite0["setup"] >= 0
@@ -142,9 +142,9 @@ def test_calibration_measures_each_part(calibration: choose.Calibration) -> None
     # estimates grow with the data and the classical one counts mirrored copies
     small = choose.estimate_seconds(choose.CLASSICAL, cal, 100, 50)
     big = choose.estimate_seconds(choose.CLASSICAL, cal, 1000, 500)
-    assert small is not None and big is not None and big > 5 * small
+    assert small is not None and big is not None and big > small + 800 * cal.classical["extract_per_image"]
     assert choose.estimate_seconds(choose.SCRATCH, cal, 100, 50, budget=60) == pytest.approx(
-        60 + 2 + 150 * cal.decode[112])
+        60 + 2 + 150 * cal.decode["112"])
 
 
 def test_advise_prints_a_recommendation_with_an_estimate_for_each_approach(

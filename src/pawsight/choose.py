@@ -443,7 +443,7 @@ def _load_average() -> float | None:
 class Calibration:
     """Measured costs on this machine, in seconds (per picture unless said otherwise)."""
 
-    decode: dict[int, float]              # image size -> seconds per picture, cold (nothing cached)
+    decode: dict[str, float]              # image size (a JSON key) -> seconds per picture, cold
     classical: dict[str, Any]             # setup, words/extract per image, pipeline fit points, predict
     backbones: dict[str, dict[str, Any]]  # name -> setup, feature_per_image, head points
     train_images_per_second: dict[str, float]  # scratch / finetune training throughput
@@ -491,7 +491,7 @@ def calibrate(data: PathLike, recipes: list[Recipe] | None = None, seed: int = 0
                 t = time.perf_counter()
                 a, b, c = (cache.load_samples(x, prep, desc="calibrating") for x in (A, B, C))
                 n = len(a.labels) + len(b.labels) + len(c.labels)
-                cal.decode[prep.size] = (time.perf_counter() - t) / max(1, n)
+                cal.decode[str(prep.size)] = (time.perf_counter() - t) / max(1, n)
                 return a, b, c
 
             classical = next((r for r in recipes if r.approach == "classical"), None)
@@ -674,7 +674,7 @@ def estimate_seconds(recipe: Recipe, cal: Calibration, n_train: int, n_val: int,
     from .models.base import make_model
 
     prep = make_model(recipe.approach, **{k: v for k, v in recipe.params if k != "time_budget"}).preprocessing
-    decode = cal.decode.get(prep.size, max(cal.decode.values(), default=0.0)) * (n_train + n_val)
+    decode = cal.decode.get(str(prep.size), max(cal.decode.values(), default=0.0)) * (n_train + n_val)
     if recipe.approach == "classical":
         c = cal.classical
         if not c:
@@ -918,12 +918,14 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
 def cv_cost(r: Recipe, cal: Calibration, n_train: int, folds: int) -> float | None:
     """Estimated seconds to cross-validate `r`: frozen features are computed once (cached per picture) and
     only the head is refitted per fold; the classical visual words are relearnt per fold."""
+    from .models.base import make_model
+
     part = n_train * (folds - 1) / folds
     if r.approach == "classical":
         c = cal.classical
         if not c:
             return None
-        decode = cal.decode.get(128, 0.0) * n_train
+        decode = cal.decode.get(str(make_model("classical", **r.kwargs).preprocessing.size), 0.0) * n_train
         return decode + folds * (c["setup"] + c["words_per_image"] * min(part, c["words_images"])
                                  + c["extract_per_image"] * (2 * part + n_train - part)
                                  + _power(c["pipeline"], 2 * part))
