@@ -163,13 +163,15 @@ def test_advise_prints_a_recommendation_with_an_estimate_for_each_approach(
     assert "recommended:" in text and "classical" in text and "transfer-lite0" in text
 
 
-@pytest.mark.slow
-def test_advise_command_json(tiny: Path, capsys) -> None:
+def test_advise_command_json(tiny: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(choose, "RECIPES", [FAST_CLASSICAL, choose.FROZEN[0]])  # fewer recipes: faster
     assert main(["advise", str(tiny), "--time-budget", "5m", "--json"]) == 0
     advice = json.loads(capsys.readouterr().out)
     est = {e["recipe"]: e["estimated_seconds"] for e in advice["estimates"]}
+    assert set(est) == {"classical-hcl", "transfer-lite0"}
     assert all(v is not None and v > 0 for v in est.values())
-    assert advice["recommendation"]["recipe"] in est
+    assert advice["recommendation"]["recipe"] in est and advice["recommendation"]["reasons"]
+    assert advice["calibration"]["seconds"] > 0 and advice["data"]["n_validation"] == 40
 
 
 def test_auto_picks_the_best_cross_validated_candidate_and_records_all(tiny: Path, tmp_path: Path) -> None:

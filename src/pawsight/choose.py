@@ -108,52 +108,61 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
     rows: list[CompareRow] = []
     speed_cache = Path(tempfile.mkdtemp(prefix="pawsight-speed-"))
     try:
-        for approach in [a for a in approaches if a in FAST] + [a for a in approaches if a not in FAST]:
-            for k, size in enumerate(plan):
-                row = CompareRow(approach, size, _n_train(counts, size), None, None, None, None)
-                rows.append(row)
-                left = time_budget - (time.perf_counter() - t0)
-                params: dict[str, Any] = dict((params_by_approach or {}).get(approach, {}))
-                if approach == "scratch":
-                    budgets = _scratch_budgets(plan[k:], counts, left)
-                    if budgets.get(size) is None:
-                        row.note = "skipped: time budget exhausted"
-                        say(f"{approach} at {row.size_label} per class: skipped (time budget exhausted)")
-                        continue
-                    params["time_budget"] = budgets[size]
-                elif left <= 0:
+        # the fast approaches size by size (so a spent budget cuts the largest points of every curve), then
+        # scratch with what is left
+        fast = [(a, k, s) for k, s in enumerate(plan) for a in approaches if a in FAST]
+        slow = [(a, k, s) for a in approaches if a not in FAST for k, s in enumerate(plan)]
+        for approach, k, size in fast + slow:
+            row = CompareRow(approach, size, _n_train(counts, size), None, None, None, None)
+            rows.append(row)
+            left = time_budget - (time.perf_counter() - t0)
+            params: dict[str, Any] = dict((params_by_approach or {}).get(approach, {}))
+            if approach == "scratch":
+                budgets = _scratch_budgets(plan[k:], counts, left)
+                if budgets.get(size) is None:
                     row.note = "skipped: time budget exhausted"
                     say(f"{approach} at {row.size_label} per class: skipped (time budget exhausted)")
                     continue
-                run_dir = out / "runs" / f"{approach}-{row.size_label}"
-                t = time.perf_counter()
-                try:
-                    model, info = api.train(data, approach, run_dir, seed=seed, per_class=size,
-                                            overwrite=True, **params)
-                except PawsightError as exc:  # e.g. too few textured pictures for visual words: go on
-                    row.note = f"failed: {exc}"
-                    say(f"{approach} at {row.size_label} per class: {shown(exc)}")
-                    continue
-                row.train_seconds = round(time.perf_counter() - t, 3)
-                row.n_train = int(info["metrics"]["train_size"])
-                val = info["metrics"].get("validation") or {}
-                row.accuracy = val.get("accuracy")
-                row.run = str(run_dir)
-                row.model_bytes = sum(p.stat().st_size for p in run_dir.glob("model.*") if p.is_file())
-                row.images_per_second = prediction_speed(model, data, seed, speed_cache, variant=len(rows))
-                acc = "n/a" if row.accuracy is None else f"{row.accuracy:.1%}"
-                say(f"{approach} at {row.size_label} per class ({row.n_train} pictures): {acc} "
-                    f"in {row.train_seconds:.1f} s")
+                params["time_budget"] = budgets[size]
+            elif left <= 0:
+                row.note = "skipped: time budget exhausted"
+                say(f"{approach} at {row.size_label} per class: skipped (time budget exhausted)")
+                continue
+            run_dir = out / "runs" / f"{approach}-{row.size_label}"
+            t = time.perf_counter()
+            try:
+                model, info = api.train(data, approach, run_dir, seed=seed, per_class=size,
+                                        overwrite=True, **params)
+            except PawsightError as exc:  # e.g. too few textured pictures for visual words: go on
+                row.note = f"failed: {exc}"
+                say(f"{approach} at {row.size_label} per class: {shown(exc)}")
+                continue
+            row.train_seconds = round(time.perf_counter() - t, 3)
+            row.n_train = int(info["metrics"]["train_size"])
+            val = info["metrics"].get("validation") or {}
+            row.accuracy = val.get("accuracy")
+            row.run = str(run_dir)
+            row.model_bytes = sum(p.stat().st_size for p in run_dir.glob("model.*") if p.is_file())
+            row.images_per_second = prediction_speed(model, data, seed, speed_cache, variant=len(rows))
+            acc = "n/a" if row.accuracy is None else f"{row.accuracy:.1%}"
+            say(f"{approach} at {row.size_label} per class ({row.n_train} pictures): {acc} "
+                f"in {row.train_seconds:.1f} s")
+            write_compare(out, rows, _compare_result(data, approaches, plan, time_budget, t0, rows))
     finally:
         import shutil
 
         shutil.rmtree(speed_cache, ignore_errors=True)
-    result = {"data": str(Path(data).resolve()), "approaches": list(approaches),
-              "sizes": ["all" if s is None else s for s in plan], "time_budget": time_budget,
-              "seconds": round(time.perf_counter() - t0, 3), "rows": [asdict(r) for r in rows]}
-    write_compare(out, rows, result)
+    result = _compare_result(data, approaches, plan, time_budget, t0, rows)
+    write_compare(out, rows, result)  # also after each point: an interrupted compare keeps what it measured
     result["out"] = str(out)
     return result
+
+
+def _compare_result(data: PathLike, approaches: Any, plan: list[int | None], time_budget: float, t0: float,
+                    rows: list[CompareRow]) -> dict[str, Any]:
+    return {"data": str(Path(data).resolve()), "approaches": list(approaches),
+            "sizes": ["all" if s is None else s for s in plan], "time_budget": time_budget,
+            "seconds": round(time.perf_counter() - t0, 3), "rows": [asdict(r) for r in rows]}
 
 
 def _claim_output(out: Path, marker: str, overwrite: bool) -> None:
@@ -705,15 +714,17 @@ def estimate_seconds(recipe: Recipe, cal: Calibration, n_train: int, n_val: int,
 # -- advise --------------------------------------------------------------------------------------------------
 
 def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fraction: float = 0.2,
-           say: Callable[[str], None] = lambda _: None, calibration: Calibration | None = None
-           ) -> dict[str, Any]:
-    """Data + hardware + calibration -> estimated training time of each recipe and a recommendation."""
+           say: Callable[[str], None] = lambda _: None, calibration: Calibration | None = None,
+           recipes: list[Recipe] | None = None) -> dict[str, Any]:
+    """Data + hardware + calibration -> estimated training time of each recipe (default: RECIPES, every
+    approach) and a recommendation."""
     t0 = time.perf_counter()
     d = describe_data(data, seed=seed, val_fraction=val_fraction)
     hw = describe_hardware()
-    cal = calibration or calibrate(data, RECIPES, seed=seed, val_fraction=val_fraction, say=say)
+    recipes = recipes or RECIPES
+    cal = calibration or calibrate(data, recipes, seed=seed, val_fraction=val_fraction, say=say)
     estimates = []
-    for r in RECIPES:
+    for r in recipes:
         deep_budget = _deep_budget(r, time_budget)
         est = estimate_seconds(r, cal, d["n_train"], d["n_validation"], deep_budget)
         estimates.append({"recipe": r.name, "approach": r.approach, "description": r.description,
@@ -737,10 +748,10 @@ def recommend(d: dict[str, Any], hw: dict[str, Any], cal: Calibration, estimates
               time_budget: float) -> dict[str, Any]:
     """The recipe to try first, with reasons in plain words. Measured facts only: the calibration's times
     and its quick held-out check; the final word belongs to cross-validation (`--approach auto`)."""
-    by_name = {e["recipe"]: e for e in estimates}
     reasons: list[str] = []
-    frozen = [by_name[r.name] for r in FROZEN if by_name[r.name]["fits_budget"]]
-    classical = by_name["classical"]
+    frozen = [e for e in estimates if e["approach"] == "transfer" and e["params"].get("mode") != "finetune"
+              and e["fits_budget"]]
+    classical = next((e for e in estimates if e["approach"] == "classical"), None)
     n, k = d["min_per_class"], len(d["classes"])
     if not frozen:
         fastest = min((e for e in estimates if e["estimated_seconds"] is not None),
@@ -757,7 +768,7 @@ def recommend(d: dict[str, Any], hw: dict[str, Any], cal: Calibration, estimates
     if p_cl is not None and p_tr is not None:
         check = (f"a quick check (small fits on a few of your training pictures, scored on others) gave "
                  f"classical {p_cl:.0%} and frozen Lite0 {p_tr:.0%}")
-        if p_cl >= p_tr + 0.1 and classical["fits_budget"]:
+        if p_cl >= p_tr + 0.1 and classical is not None and classical["fits_budget"]:
             choice = classical
             reasons.insert(0, check + ": hand-made features look better suited to these pictures "
                            "(unlike the photos the backbone was trained on)")
@@ -769,11 +780,11 @@ def recommend(d: dict[str, Any], hw: dict[str, Any], cal: Calibration, estimates
     if n < 30:
         reasons.append(f"only {n} training pictures in the smallest class: scores on so few pictures vary "
                        "by several points; more pictures help more than a bigger model")
-    ft = by_name["finetune-lite0"]
+    ft = next((e for e in estimates if e["params"].get("mode") == "finetune"), None)
     speed = cal.train_images_per_second.get("finetune")
     if hw.get("gpu"):
         reasons.append(f"a GPU ({hw['gpu']['name']}) is present: fine-tuning becomes affordable")
-    elif speed:
+    elif speed and ft is not None:
         epochs = (ft["params"].get("time_budget") or 0) * speed / max(1, d["n_train"])
         reasons.append(f"fine-tuning on this CPU trains {speed:.1f} pictures/s: about {epochs:.1f} epochs in "
                        f"{_dur(ft['params'].get('time_budget') or 0)} -- worth it mostly with a GPU or many "
@@ -846,7 +857,8 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
     candidates = list(candidates or auto_candidates())
     say("calibrating (a few seconds of each approach's real work)")
     cal = calibrate(data, candidates, seed=seed, val_fraction=val_fraction, say=say)
-    advice = advise(data, time_budget, seed=seed, val_fraction=val_fraction, calibration=cal)
+    advice = advise(data, time_budget, seed=seed, val_fraction=val_fraction, calibration=cal,
+                    recipes=candidates)
     n_train, n_val = advice["data"]["n_train"], advice["data"]["n_validation"]
     k = max(2, min(folds, advice["data"]["min_per_class"]))
     plans = []
