@@ -128,7 +128,7 @@ def test_compare_skips_points_when_the_budget_is_spent(tiny: Path, tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def calibration(tiny: Path) -> choose.Calibration:
-    return choose.calibrate(tiny, [choose.CLASSICAL, choose.FROZEN[0], choose.SCRATCH], per_class=8)
+    return choose.calibrate(tiny, [FAST_CLASSICAL, choose.FROZEN[0], choose.SCRATCH], per_class=8)
 
 
 def test_calibration_measures_each_part(calibration: choose.Calibration) -> None:
@@ -140,8 +140,8 @@ def test_calibration_measures_each_part(calibration: choose.Calibration) -> None
     assert cal.train_images_per_second["scratch"] > 0
     assert 0 <= cal.probe["classical"] <= 1 and 0 <= cal.probe["transfer-lite0"] <= 1
     # estimates grow with the data and the classical one counts mirrored copies
-    small = choose.estimate_seconds(choose.CLASSICAL, cal, 100, 50)
-    big = choose.estimate_seconds(choose.CLASSICAL, cal, 1000, 500)
+    small = choose.estimate_seconds(FAST_CLASSICAL, cal, 100, 50)
+    big = choose.estimate_seconds(FAST_CLASSICAL, cal, 1000, 500)
     assert small is not None and big is not None and big > small + 800 * cal.classical["extract_per_image"]
     assert choose.estimate_seconds(choose.SCRATCH, cal, 100, 50, budget=60) == pytest.approx(
         60 + 2 + 150 * cal.decode["112"])
@@ -151,7 +151,7 @@ def test_advise_prints_a_recommendation_with_an_estimate_for_each_approach(
         tiny: Path, calibration: choose.Calibration, capsys) -> None:
     advice = choose.advise(tiny, 300, calibration=calibration)
     names = {e["recipe"] for e in advice["estimates"]}
-    assert {"classical", "transfer-lite0", "scratch"} <= names
+    assert {"classical", "transfer-lite0", "scratch"} <= names  # every approach, estimated
     assert json.loads(json.dumps(advice)) == advice  # plain JSON
     for key in ("data", "hardware", "calibration", "estimates", "recommendation"):
         assert key in advice

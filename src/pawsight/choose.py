@@ -530,7 +530,7 @@ def calibrate(data: PathLike, recipes: list[Recipe] | None = None, seed: int = 0
                     proba = model.predict_proba(c.images)
                     cal.classical["predict_per_image"] = (time.perf_counter() - t) / len(c.labels)
                     cal.probe["classical"] = float((proba.argmax(1) == c.labels).mean())
-            head_points: list[tuple[int, float]] | None = None
+            head_points: list[list[float]] | None = None
             for spec in sorted({r.backbone for r in recipes if r.approach == "transfer"}):
                 _stage(cal, f"calibrating {spec}", say)
                 first = make_model("transfer", model=spec, seed=seed)
@@ -589,7 +589,7 @@ def _tiled(F: np.ndarray, y: np.ndarray, rows: int, seed: int) -> tuple[np.ndarr
     return (F[idx] + noise).astype(np.float32), y[idx]
 
 
-def _time_head(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[tuple[int, float]]:
+def _time_head(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[list[float]]:
     """Seconds of the frozen-transfer head (logistic regression, C by cross-validation) at two row counts."""
     from .models.transfer import fit_linear_head
 
@@ -599,11 +599,11 @@ def _time_head(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[tupl
         Ft, yt = _tiled(F, y, rows, seed)
         t = time.perf_counter()
         fit_linear_head(Ft, yt, len(model.classes_), np.arange(rows), seed)
-        points.append((rows, time.perf_counter() - t))
+        points.append([rows, time.perf_counter() - t])  # JSON-clean
     return points
 
 
-def _time_classical_pipeline(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[tuple[int, float]]:
+def _time_classical_pipeline(model: Any, X: np.ndarray, y: np.ndarray, seed: int) -> list[list[float]]:
     """Seconds of the classical pipeline's fit (scaling, PCA, SVM with its calibration) at two row counts."""
     from sklearn.base import clone
 
@@ -615,7 +615,7 @@ def _time_classical_pipeline(model: Any, X: np.ndarray, y: np.ndarray, seed: int
         Ft, yt = _tiled(F, y, rows, seed)
         t = time.perf_counter()
         clone(model.pipeline_).fit(Ft, yt)
-        points.append((rows, time.perf_counter() - t))
+        points.append([rows, time.perf_counter() - t])  # JSON-clean
     return points
 
 
@@ -659,7 +659,7 @@ def _train_speed(net: Any, images: np.ndarray, batch: int, crop_fraction: float,
 
 # -- estimates -----------------------------------------------------------------------------------------------
 
-def _linear(points: list[tuple[int, float]], n: float) -> float:
+def _linear(points: list[list[float]], n: float) -> float:
     """Extrapolate seconds at `n` from two measured (size, seconds) points: a fixed part plus a part that
     grows linearly (never below the larger measurement)."""
     (n1, t1), (n2, t2) = sorted(points)[:1] + sorted(points)[-1:]
@@ -667,7 +667,7 @@ def _linear(points: list[tuple[int, float]], n: float) -> float:
     return max(t2 if n >= n2 else 0.0, t1 + slope * (n - n1))
 
 
-def _power(points: list[tuple[int, float]], n: float) -> float:
+def _power(points: list[list[float]], n: float) -> float:
     """Extrapolate a kernel method's fit time: grows between linearly and quadratically with rows."""
     (n1, t1), (n2, t2) = sorted(points)[:1] + sorted(points)[-1:]
     if n2 <= n1 or t1 <= 0 or t2 <= 0:
