@@ -64,6 +64,7 @@ def test_parse_sizes_and_approaches() -> None:
         choose.parse_approaches("classical,deep")
 
 
+@pytest.mark.slow
 def test_compare_on_the_tiny_set_writes_charts_csv_html_and_a_leaderboard(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     result = choose.compare(tiny, ["classical", "transfer"], [5, None], out=out, time_budget=600,
@@ -131,6 +132,7 @@ def calibration(tiny: Path) -> choose.Calibration:
     return choose.calibrate(tiny, [FAST_CLASSICAL, choose.FROZEN[0], choose.SCRATCH], per_class=8)
 
 
+@pytest.mark.slow
 def test_calibration_measures_each_part(calibration: choose.Calibration) -> None:
     cal = calibration
     assert set(cal.decode) == {"128", "224", "112"} and all(v > 0 for v in cal.decode.values())
@@ -163,6 +165,7 @@ def test_advise_prints_a_recommendation_with_an_estimate_for_each_approach(
     assert "recommended:" in text and "classical" in text and "transfer-lite0" in text
 
 
+@pytest.mark.slow
 def test_advise_command_json(tiny: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(choose, "RECIPES", [FAST_CLASSICAL, choose.FROZEN[0]])  # fewer recipes: faster
     assert main(["advise", str(tiny), "--time-budget", "5m", "--json"]) == 0
@@ -174,6 +177,7 @@ def test_advise_command_json(tiny: Path, capsys, monkeypatch) -> None:
     assert advice["calibration"]["seconds"] > 0 and advice["data"]["n_validation"] == 40
 
 
+@pytest.mark.slow
 def test_auto_picks_the_best_cross_validated_candidate_and_records_all(tiny: Path, tmp_path: Path) -> None:
     candidates = [FAST_CLASSICAL, choose.FROZEN[0]]
     model, info = choose.auto_train(tiny, tmp_path / "auto", time_budget=600, candidates=candidates)

@@ -300,7 +300,8 @@ def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right")
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
