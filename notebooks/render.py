@@ -177,6 +177,8 @@ def to_markdown(nb: nbformat.NotebookNode, out_dir: Path, header: str) -> str:
                 else:
                     streams.append((output.name, output.text))
                 continue
+            if "application/vnd.jupyter.widget-view+json" in output.get("data", {}):
+                continue  # a live progress bar: nothing to show in a static copy (prints around it stay one)
             parts += [f"```text\n{plain_text(text)}\n```" for _, text in streams if text.strip()]
             streams = []
             if output.output_type == "error":
@@ -188,8 +190,6 @@ def to_markdown(nb: nbformat.NotebookNode, out_dir: Path, header: str) -> str:
                 name = f"figure-{figure:02d}.png"
                 (out_dir / name).write_bytes(small_png(base64.b64decode(data["image/png"])))
                 parts.append(f"![a figure drawn by the cell above]({name})")
-            elif "application/vnd.jupyter.widget-view+json" in data:
-                continue  # a live progress bar: nothing to show in a static copy
             elif "text/plain" in data:
                 parts.append(f"```text\n{plain_text(data['text/plain'])}\n```")
         parts += [f"```text\n{plain_text(text)}\n```" for _, text in streams if text.strip()]

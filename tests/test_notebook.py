@@ -90,7 +90,8 @@ def test_render_writes_markdown_with_small_figures_short_output_and_working_link
         new_code_cell("print('x')", outputs=[
             new_output("stream", name="stdout", text="".join(f"line {i}\n" for i in range(100))),
             new_output("stream", name="stdout", text="progress 10%\rprogress 100%\n"),
-            new_output("display_data", data={WIDGET: {"model_id": "1"}, "text/plain": "bar"}),
+            new_output("display_data", data={WIDGET: {"model_id": "1"}, "text/plain": "WIDGET-TEXT"}),
+            new_output("stream", name="stdout", text="after the bar\n"),
             new_output("display_data", data={"image/png": png(1600, 800), "text/plain": "<Figure>"}),
         ]),
     ])
@@ -101,7 +102,8 @@ def test_render_writes_markdown_with_small_figures_short_output_and_working_link
     assert "](figure-01.png)" in page
     assert "line 0" in page and "line 99" in page and "line 50" not in page and "more lines" in page
     assert "progress 100%" in page and "progress 10%" not in page  # \r rewrites resolved
-    assert "bar" not in page  # widgets are not rendered
+    assert "WIDGET-TEXT" not in page  # widgets are not rendered
+    assert "progress 100%\nafter the bar" in page  # and prints around a progress bar stay one block
     link = page.split("[the README](")[1].split(")")[0]
     assert (out / link).resolve() == (ROOT / "README.md").resolve()
     assert "(https://example.org)" in page
