@@ -63,6 +63,8 @@ demo() {
     esac
   done
   local ps="$VENV/bin/pawsight"
+  # exit status 1 = done, some unreadable files skipped (each named): the demo goes on
+  tolerant() { "$@" || [ $? -eq 1 ]; }
   if [ -z "$data" ]; then
     if ! data="$("$ps" data download cats-vs-dogs --print-path)"; then
       echo "could not download the Cats vs Dogs pictures; offline, point the demo at a folder you have:" >&2
@@ -73,17 +75,17 @@ demo() {
   echo "== 1. inspect the data: $data"
   "$ps" data inspect "$data" --sheet "$out/contact-sheet.png"
   echo "== 2. classical machine learning: hand-made features + SVM"
-  "$ps" train "$data" --approach classical --out "$out/demo-classical" --overwrite
+  tolerant "$ps" train "$data" --approach classical --out "$out/demo-classical" --overwrite
   echo "== 3. deep learning: transfer learning from EfficientNet-Lite0 (ImageNet weights, installed locally)"
-  "$ps" train "$data" --approach transfer --out "$out/demo-transfer" --overwrite
+  tolerant "$ps" train "$data" --approach transfer --out "$out/demo-transfer" --overwrite
   echo "== 4. evaluate both on the validation pictures"
-  "$ps" evaluate "$out/demo-classical" "$data"
-  "$ps" evaluate "$out/demo-transfer" "$data"
+  tolerant "$ps" evaluate "$out/demo-classical" "$data"
+  tolerant "$ps" evaluate "$out/demo-transfer" "$data"
   echo "== 5. predict a few pictures"
   local samples
   samples="$(find "$data" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | sed -n '1,2p;$p')"
   # shellcheck disable=SC2086
-  "$ps" predict "$out/demo-transfer" $samples
+  tolerant "$ps" predict "$out/demo-transfer" $samples
   echo "== done: run directories are in $out/"
 }
 

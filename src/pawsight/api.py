@@ -22,10 +22,12 @@ from .cache import ImageCache
 from .data import SPLITS, DataSet, Sample, Skip, counts_of, per_class_subset, scan
 from .errors import PawsightError
 from .evaluation import classification_metrics, picture_predictions
+from .options import check_param
 from .run import (
     check_out_vs_data,
     load_model,
     mark_failed,
+    mark_interrupted,
     open_for_training,
     read_manifest,
     read_run_info,
@@ -42,6 +44,11 @@ PathLike = str | os.PathLike[str]
 def load(run_dir: PathLike):
     """The trained model saved in `run_dir` (any approach)."""
     return load_model(run_dir)
+
+
+def default_run_dir(approach: str) -> Path:
+    """Where `train` writes when no `out` is given: runs/<approach>-<date>-<time>."""
+    return Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def train(data: PathLike, approach: str = "transfer", out: PathLike | None = None, *, seed: int = 0,
@@ -61,7 +68,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
 
     t0 = time.perf_counter()
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
-    out = Path(out) if out is not None else Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out is not None else default_run_dir(approach)
+    check_param("val_fraction", val_fraction)
     if resume:
         previous = resume_settings(out)
         approach, seed, val_fraction = previous["approach"], previous["seed"], previous["val_fraction"]
@@ -78,7 +86,13 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
                             f"(expected {data}/<class>/ or {data}/train/<class>/)")
     lock = None
     if main:
-        lock, note = open_for_training(out, overwrite=overwrite, resume=resume)
+        try:
+            lock, note = open_for_training(out, overwrite=overwrite, resume=resume)
+        except OSError as exc:  # --out under /proc, on a read-only disk, below a file, no permission...
+            what = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else \
+                (exc.strerror or str(exc))
+            raise PawsightError(f"cannot write the run directory {out}: {what}; "
+                                "choose another --out") from None
         if note:
             print(f"note: {note}", file=sys.stderr)
     else:
@@ -91,6 +105,11 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
             reason = str(exc) if isinstance(exc, PawsightError) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):  # the original error is what the user must see
                 mark_failed(out, reason)
+        raise
+    except KeyboardInterrupt:  # Ctrl-C/SIGTERM outside the training loop (which keeps its weights itself)
+        if main:
+            with contextlib.suppress(Exception):
+                mark_interrupted(out)
         raise
     finally:
         if lock is not None:
@@ -227,6 +246,7 @@ def predict(run_dir: PathLike, paths: list[PathLike], top_k: int = 1, model=None
     """Label image files (folders are searched). Returns (predictions, skipped files with reasons)."""
     from .data import list_files
 
+    check_param("top_k", top_k)
     model = model or load_model(run_dir)
     files: list[Path] = []
     listing_skips: list[Skip] = []

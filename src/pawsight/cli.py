@@ -13,6 +13,8 @@
     pawsight report RUN [--data DIR]             one self-contained HTML report of a run
 
 Errors the user can fix are printed as one line (`error: ...`, exit status 2); never a traceback.
+Exit statuses (errors.py, README "Exit statuses"): 0 done, 1 done but some inputs were skipped,
+2 a problem the user can fix, 3 a bug in pawsight, 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import PawsightError, shown
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, PawsightError, shown
+from .options import cli_type
 
 # CLI option -> model constructor parameter, for options that only some approaches accept.
 MODEL_OPTIONS = {"model": "model", "features": "features", "mode": "mode", "epochs": "epochs",
@@ -64,8 +68,17 @@ def parse_set_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is ONE line (`error: ...`, exit status 2) like every other error; the
+    usage is one `--help` away. Sub-command parsers inherit this class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {shown(message)} (see '{shown(self.prog)} --help')", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pawsight", description="Image recognition from folders of pictures.")
+    p = Parser(prog="pawsight", description="Image recognition from folders of pictures.")
     p.add_argument("--version", action="version", version=f"pawsight {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -76,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ins.add_argument("--sheet", type=Path, default=None,
                      help="contact sheet PNG to write (default: DATA-contact-sheet.png here)")
-    ins.add_argument("--size", type=int, default=224, help="working resolution decoded into the cache")
-    ins.add_argument("--val-fraction", type=float, default=0.2)
-    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--size", type=cli_type("size"), default=224,
+                     help="working resolution decoded into the cache (16-1024 px)")
+    ins.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2)
+    ins.add_argument("--seed", type=cli_type("seed"), default=0)
     dl = dsub.add_parser("download", help="download a standard data set (e.g. cats-vs-dogs)",
                          epilog="Downloads resume after an interruption and are checked (size, SHA-256). "
                                 "Set PAWSIGHT_DATASETS_URL=http://host/path/ to fetch the archives from a "
@@ -101,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing pawsight run directory (only the files pawsight wrote; refused "
                          "when the folder holds anything else)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--val-fraction", type=float, default=0.2,
-                    help="share of pictures held out for validation when DATA is not pre-split")
+    tr.add_argument("--seed", type=cli_type("seed"), default=0, help="0 to 2**32-1 (default: 0)")
+    tr.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2,
+                    help="share of pictures held out for validation when DATA is not pre-split: 0 <= F < 1; "
+                         "0 trains on every picture and reports no validation accuracy (default: 0.2)")
     tr.add_argument("--drop-duplicates", action="store_true",
                     help="drop duplicate pictures, conflicting labels and train/validation leaks "
                          "before training")
@@ -112,16 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "transfer: efficientnet_lite0 (default), resnet50, timm:NAME, ...")
     g.add_argument("--features", help="classical: comma-separated extractors, e.g. hog,color,lbp")
     g.add_argument("--mode", help="transfer: frozen (default) or finetune")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--time-budget", type=parse_duration, metavar="DURATION",
+    g.add_argument("--epochs", type=cli_type("epochs"), help="deep learning: number of epochs (at least 1)")
+    g.add_argument("--time-budget", type=cli_type("time_budget", parse_duration), metavar="DURATION",
                    help="deep learning: plan the schedule to finish in e.g. 10m")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
     g.add_argument("--weights", type=Path, help="transfer: a local weights file for the backbone")
-    g.add_argument("--size", type=int, help="working image size in pixels")
+    g.add_argument("--size", type=cli_type("size"), help="working image size in pixels (16-1024)")
     g.add_argument("--search", action="store_true", default=None,
                    help="classical: small cross-validated hyper-parameter search")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", type=cli_type("batch_size"),
+                   help="deep learning: pictures per step (>= 1)")
+    g.add_argument("--lr", type=cli_type("lr"), help="deep learning: peak learning rate (> 0)")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="deep learning: flip test-time augmentation")
     g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="set_params",
@@ -143,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="label new pictures")
     pr.add_argument("run", type=Path)
     pr.add_argument("images", type=Path, nargs="+", help="image files or folders")
-    pr.add_argument("--top-k", type=int, default=1)
+    pr.add_argument("--top-k", type=cli_type("top_k"), default=1,
+                    help="show the K most likely classes (at least 1; more than the model has: all of them)")
     pr.add_argument("--json", action="store_true")
 
     sv = sub.add_parser("serve", help="a web page and REST API for a run directory or an exported .onnx file",
@@ -206,24 +223,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run_command(args)
-    except PawsightError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("error: out of memory; try a smaller --size or --batch-size", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - a bug still gets one line; the traceback goes to a file
-        if os.environ.get("PAWSIGHT_DEBUG"):
-            raise
-        log = save_traceback()
-        print(f"error: unexpected {type(exc).__name__}: {exc} (details in {log}; please report it)",
-              file=sys.stderr)
-        return 1
+    with sigterm_interrupts():
+        try:
+            return run_command(args)
+        except PawsightError as exc:
+            print(f"error: {shown(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"interrupted{interrupted_hint(args)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except MemoryError:
+            print("error: out of memory; try a smaller --size or --batch-size", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:  # noqa: BLE001 - a bug still gets one line; the traceback goes to a file
+            if os.environ.get("PAWSIGHT_DEBUG"):
+                raise
+            log = save_traceback()
+            print(f"error: unexpected {type(exc).__name__} inside pawsight: {shown(exc)} "
+                  f"(details in {shown(log)}; please report it)", file=sys.stderr)
+            return EXIT_BUG
+
+
+class sigterm_interrupts:  # noqa: N801 - used as a statement: `with sigterm_interrupts():`
+    """SIGTERM (kill, a scheduler's stop, a closed container) stops pawsight the way Ctrl-C does: training
+    keeps its best weights and checkpoint, the run is marked interrupted and can be resumed. Only the main
+    thread can install handlers; elsewhere (a server thread calling main) this does nothing."""
+
+    def __enter__(self) -> sigterm_interrupts:
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """How to continue what was interrupted (training: --resume), for the one 'interrupted' line."""
+    run = getattr(args, "run_dir", None)
+    if args.command == "train" and run is not None and (Path(run) / "run.json").is_file():
+        return f"; continue with: pawsight train --resume {shown(run)}"
+    return ""
 
 
 def save_traceback() -> Path:
@@ -263,7 +311,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from .api import train
+    from .api import default_run_dir, train
 
     params = {param: getattr(args, opt) for opt, param in MODEL_OPTIONS.items()
               if getattr(args, opt) is not None}
@@ -277,6 +325,7 @@ def train_command(args: argparse.Namespace) -> int:
                 raise PawsightError(f"{args.resume} does not record its data folder; give it: "
                                     f"pawsight train DATA --resume {args.resume}")
             args.data = Path(root)
+        args.run_dir = args.resume
         _, info = train(args.data, out=args.resume, resume=True, **params)
     elif args.approach == "auto":
         if args.data is None:
@@ -285,16 +334,23 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         if args.data is None:
             raise PawsightError("give the data folder: pawsight train DATA [--approach ...]")
-        _, info = train(args.data, approach=args.approach or "transfer", out=args.out, seed=args.seed,
+        approach = args.approach or "transfer"
+        args.run_dir = args.out if args.out is not None else default_run_dir(approach)
+        _, info = train(args.data, approach=approach, out=args.run_dir, seed=args.seed,
                         val_fraction=args.val_fraction, drop_duplicates=args.drop_duplicates,
                         overwrite=args.overwrite, **params)
     if not info:  # a non-zero rank under torchrun: rank 0 reports
-        return 0
+        return EXIT_OK
     if args.json:
         print(json.dumps(info, indent=2))
-    else:
+    if info.get("status") == "interrupted":
+        # the loop caught Ctrl-C/SIGTERM and kept the best weights so far: usable, but not finished
+        print(f"interrupted: {shown(args.run_dir)} holds the best weights so far (predict works); "
+              f"continue with: pawsight train --resume {shown(args.run_dir)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.json:
         print_train_summary(info)
-    return 0
+    return EXIT_SKIPPED if info["data"]["skipped"] else EXIT_OK
 
 
 def print_train_summary(info: dict[str, Any]) -> None:
@@ -307,12 +363,12 @@ def print_train_summary(info: dict[str, Any]) -> None:
         print(f"validation accuracy {val['accuracy']:.2%} on {val['n_images']} pictures "
               f"({val['n_errors']} errors)")
     for s in info["data"].get("ignored", []):
-        print(f"warning: not used: {shown(s['path'])}: {s['reason']}", file=sys.stderr)
+        print(f"warning: not used: {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
     skipped = info["data"]["skipped"]
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
         for s in skipped:
-            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
+            print(f"  {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -326,35 +382,46 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return 0
     manifest = result.get("selection") == "manifest"
     which = ": the pictures the run validated on, from its manifest" if manifest else ""
-    print(f"{result['run']} on {result['data']} ({result['split']}{which}): accuracy "
+    print(f"{shown(result['run'])} on {shown(result['data'])} ({result['split']}{which}): accuracy "
           f"{(result['accuracy'] or 0):.2%} on {result['n_images']} pictures")
-    width = max(len(c) for c in result["classes"])
+    names = [shown(c) for c in result["classes"]]
+    width = max(len("class"), *(len(c) for c in names))
     print(f"{'class':<{width}}  precision  recall     f1  support")
-    for c, m in result["per_class"].items():
+    for c, m in zip(names, result["per_class"].values(), strict=True):
         print(f"{c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
     print("confusion matrix (rows: true class, columns: predicted):")
-    for c, row in zip(result["classes"], result["confusion_matrix"], strict=True):
+    for c, row in zip(names, result["confusion_matrix"], strict=True):
         print(f"  {c:<{width}}  " + "  ".join(f"{v:5d}" for v in row))
     for s in result["skipped"]:
-        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        print(f"skipped {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
     if result.get("saved"):
-        print(f"saved with one prediction per picture: {result['saved']}", file=sys.stderr)
-    return 0
+        print(f"saved with one prediction per picture: {shown(result['saved'])}", file=sys.stderr)
+    return EXIT_SKIPPED if result["skipped"] else EXIT_OK
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    """Exit 0: every picture labelled; 1: some inputs skipped (each named); 2: nothing labelled (no such
+    path, no pictures in the folders, or none readable)."""
     from .api import predict
 
+    missing = [p for p in args.images if not os.path.lexists(p)]
+    if len(missing) == len(args.images):
+        raise PawsightError(f"no such file or folder: {', '.join(shown(p) for p in missing)}")
     predictions, skipped = predict(args.run, args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps({"predictions": predictions, "skipped": [s.to_dict() for s in skipped]}, indent=2))
     else:
         for p in predictions:
-            extra = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top"][1:])
-            print(f"{p['path']}\t{p['label']}\t{p['probability']:.3f}" + (f"\t{extra}" if extra else ""))
+            extra = "  ".join(f"{shown(t['label'])} {t['probability']:.3f}" for t in p["top"][1:])
+            print(f"{shown(p['path'])}\t{shown(p['label'])}\t{p['probability']:.3f}"
+                  + (f"\t{extra}" if extra else ""))
         for s in skipped:
-            print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
-    return 1 if skipped else 0
+            print(f"skipped {shown(s.path)}: {shown(s.reason)}", file=sys.stderr)
+    if not predictions:
+        where = ", ".join(shown(p) for p in args.images)
+        raise PawsightError(f"none of the {len(skipped)} file(s) in {where} is a readable picture" if skipped
+                            else f"no pictures found in {where}")
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -437,7 +504,7 @@ def cache_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(usage, indent=2))
         return 0
-    print(f"cache folder {usage['root']}: {usage['bytes'] / 2**20:.1f} MB")
+    print(f"cache folder {shown(usage['root'])}: {usage['bytes'] / 2**20:.1f} MB")
     for part, u in usage["parts"].items():
         note = "" if u["rebuilt_automatically"] else " (download)"
         print(f"  {part:<9} {u['bytes'] / 2**20:9.1f} MB  {u['files']:6d} files  {u['holds']}{note}")

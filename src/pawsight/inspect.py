@@ -131,7 +131,7 @@ def contact_sheet(classes: list[str], decoded: Decoded, per_class: int = 8, thum
     for row, name in enumerate(classes):
         idx = np.flatnonzero(labels == row)
         y = pad + row * (thumb + pad)
-        draw.text((pad, y + thumb // 2 - 12), name[:22], fill="black")
+        draw.text((pad, y + thumb // 2 - 12), shown(name)[:22], fill="black")
         draw.text((pad, y + thumb // 2 + 2), f"{len(idx)} pictures", fill="gray")
         if len(idx) == 0:
             continue
@@ -155,7 +155,7 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
           f"({r['layout']}; decoded {r['decode']['decoded']}, {r['decode']['from_cache']} from cache, "
           f"{r['decode']['seconds']:.1f} s)")
     if r.get("split_note"):
-        print(f"  {r['split_note']}")
+        print(f"  {shown(r['split_note'])}")
     splits = list(r["counts"])
     width = max(len(shown(c)) for c in [*classes, "class", "total"])
     print(f"  {'class':<{width}}  " + "  ".join(f"{s:>10}" for s in splits))
@@ -166,8 +166,8 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
     if st:
         print(f"  sizes: width {st['width']['min']}-{st['width']['max']} (median {st['width']['median']}), "
               f"height {st['height']['min']}-{st['height']['max']} (median {st['height']['median']})")
-        print("  formats: " + ", ".join(f"{k} {v}" for k, v in st["formats"].items())
-              + "; colour modes: " + ", ".join(f"{k} {v}" for k, v in st["modes"].items()))
+        print("  formats: " + ", ".join(f"{shown(k)} {v}" for k, v in st["formats"].items())
+              + "; colour modes: " + ", ".join(f"{shown(k)} {v}" for k, v in st["modes"].items()))
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} file(s):")
         for s in r["skipped"]:
@@ -175,7 +175,7 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
     if r["ignored"]:
         print(f"not used: {len(r['ignored'])} folder(s) or file(s):")
         for s in r["ignored"]:
-            print(f"  {shown(s['path'])}: {s['reason']}")
+            print(f"  {shown(s['path'])}: {shown(s['reason'])}")
     for title, groups in (("duplicate groups", r["duplicates"]), ("leaks across splits", r["leaks"])):
         print(f"{title}: {len(groups)}")
         for g in groups[:20]:
@@ -199,7 +199,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         write_sheet(sheet, contact_sheet(result["classes"], decoded))
         result["contact_sheet"] = str(sheet)
     except PawsightError as exc:  # a full disk or a folder in the way: the report is still worth printing
-        print(f"warning: no contact sheet: {exc}", file=sys.stderr)
+        print(f"warning: no contact sheet: {shown(exc)}", file=sys.stderr)
         sheet = None
     if args.json:
         print(json.dumps(result, indent=2))

@@ -1,5 +1,6 @@
 """Progress bars only when a person is watching: a terminal (on stderr) or a Jupyter notebook (a widget),
-silent in logs and CI. PAWSIGHT_PROGRESS=1 / =0 forces them on / off."""
+silent in logs and CI. PAWSIGHT_PROGRESS=1 / =0 forces them on / off. Descriptions may hold file names, so
+they go through errors.shown()."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from tqdm.auto import tqdm  # the notebook widget under Jupyter (with ipywidgets), text bars elsewhere
+
+from .errors import shown
 
 T = TypeVar("T")
 
@@ -34,10 +37,11 @@ def enabled() -> bool:
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
     """`items`, with a live bar (rate and ETA) when someone is watching (see `enabled`)."""
-    yield from tqdm(items, total=total, desc=desc, unit=unit, disable=not enabled(), leave=False,
+    yield from tqdm(items, total=total, desc=shown(desc), unit=unit, disable=not enabled(), leave=False,
                     dynamic_ncols=True)
 
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:
     """A manual bar (`.update(n)`, `.set_postfix(...)`), e.g. for training steps."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=shown(desc), unit=unit, disable=not enabled(), leave=False,
+                dynamic_ncols=True)

@@ -286,6 +286,16 @@ def mark_failed(run_dir: Path, reason: str) -> None:
     write_run_info(run_dir, {**info, "status": "failed", "error": reason})
 
 
+def mark_interrupted(run_dir: Path) -> None:
+    """Record that the training in `run_dir` was interrupted (Ctrl-C, SIGTERM) before its loop could keep
+    its weights (while decoding, or in a classical fit): `train --resume` starts it again."""
+    info = _read_raw(Path(run_dir))
+    if info is None or info.get("status") != "training":
+        return
+    info = {k: v for k, v in info.items() if k not in ("format", "pawsight_version")}
+    write_run_info(run_dir, {**info, "status": "interrupted"})
+
+
 def resume_settings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything `train --resume` needs to continue with the options the run was started with."""
     run_dir = Path(run_dir)

@@ -74,7 +74,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .errors import PawsightError
+from .errors import PawsightError, shown
 from .progress import bar
 from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -237,7 +237,7 @@ def _fit(net, X, y, X_val, y_val, cfg: TrainConfig, augment, normalize, param_gr
             state, best = loaded
             net.to(device=device, memory_format=memory_format)
             if dist.rank == 0 and cfg.verbose:
-                print(f"resuming {run_dir} after epoch {state['epoch']}", file=sys.stderr)
+                print(f"resuming {shown(run_dir)} after epoch {state['epoch']}", file=sys.stderr)
     result = FitResult(history=state["history"], resumed_from=state["epoch"])
     seconds_before = state["seconds"]
     timer = StepTimer()

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import PawsightError
 from ..images import Preprocessing
+from ..options import check_params
 from ..storage import atomic_write_bytes, atomic_write_json
 
 
@@ -36,6 +37,11 @@ class ImageClassifier:
     def get_params(self) -> dict[str, Any]:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names}
+
+    def check_params(self) -> None:
+        """Refuse parameter values the model cannot use, with one line (PawsightError) before any work is
+        done; numeric limits are shared with the command line (options.LIMITS). Models add their own."""
+        check_params(self.get_params())
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -127,4 +133,6 @@ def make_model(approach: str, **params: Any) -> ImageClassifier:
     if unknown:
         raise PawsightError(f"the {approach} approach has no option(s) {', '.join(unknown)}; "
                             f"it accepts: {', '.join(sorted(accepted))}")
-    return cls(**params)
+    model = cls(**params)
+    model.check_params()
+    return model

@@ -91,12 +91,18 @@ class ClassicalClassifier(ImageClassifier):
         except (TypeError, ValueError) as exc:
             raise PawsightError(str(exc)) from None
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
+        super().check_params()  # size, C, seed, search_budget: options.LIMITS
         if self.model not in MODELS:
             raise PawsightError(f"unknown classical model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        if self.C is not None and not float(self.C) > 0:
-            raise PawsightError(f"C must be positive, got {self.C}")
-        if self.pca is not None and not (isinstance(self.pca, int | float) and self.pca >= 0):
+        self.preprocessing  # noqa: B018 - an unknown resize mode is refused here, before any decoding
+        parse_features(self.features)  # unknown or repeated names: one line now, not after decoding
+        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int)
+                                        or self.n_jobs == 0):
+            raise PawsightError(f"n_jobs must be a whole number of processes (-1: all cores), "
+                                f"got {self.n_jobs!r}")
+        if self.pca is not None and not (isinstance(self.pca, int | float) and not isinstance(self.pca, bool)
+                                         and math.isfinite(self.pca) and self.pca >= 0):
             raise PawsightError(f"pca must be a number of components, a variance fraction or 0, "
                                 f"got {self.pca!r}")
         if isinstance(self.pca, float) and not self.pca.is_integer() and not 0 < self.pca < 1:
@@ -154,7 +160,7 @@ class ClassicalClassifier(ImageClassifier):
         """Learn the features' state (visual words), extract features, optionally search, fit the pipeline.
 
         The validation pictures are not used: choices are made by cross-validation on the training set."""
-        self._check_params()
+        self.check_params()
         y = np.asarray(y, dtype=np.int64)
         if len(classes) < 2 or len(np.unique(y)) < 2:
             raise PawsightError("the classical approach needs pictures of at least two classes")
@@ -295,7 +301,7 @@ class ClassicalClassifier(ImageClassifier):
         try:
             arrays = load(blob)
             model = cls(**d["params"])
-            model._check_params()
+            model.check_params()
             model.classes_ = [str(c) for c in d["classes"]]
             model.extractors_ = [_load_extractor(spec, i, arrays) for i, spec in enumerate(d["features"])]
             model.n_features_ = int(d["n_features"])

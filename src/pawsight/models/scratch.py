@@ -109,6 +109,10 @@ class ScratchCNN(ImageClassifier):
         except ValueError as exc:
             raise PawsightError(str(exc)) from None
 
+    def check_params(self) -> None:
+        super().check_params()  # size, crop, width, depth, epochs, batch_size, lr, ...: options.LIMITS
+        self.preprocessing  # noqa: B018 - an unknown resize mode is refused here, before any decoding
+
     def _crop(self) -> int:
         size = self.preprocessing.size
         return int(self.crop or max(8, round(size * 0.875 / 8) * 8))
@@ -116,8 +120,7 @@ class ScratchCNN(ImageClassifier):
     def _config(self):
         from ..training import TrainConfig
 
-        if self.width < 4 or self.depth < 0:
-            raise PawsightError("width must be at least 4 and depth at least 0")
+        self.check_params()
         return TrainConfig(epochs=self.epochs, batch_size=int(self.batch_size or 64),
                            lr=float(self.lr or 2e-3), weight_decay=self.weight_decay, optimizer="adamw",
                            label_smoothing=0.1, warmup_fraction=0.25, ema_decay=0.99 if self.ema else None,

@@ -77,15 +77,10 @@ class TransferClassifier(ImageClassifier):
         except ValueError as exc:
             raise PawsightError(str(exc)) from None
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
+        super().check_params()  # size, epochs, batch_size, lr, time_budget, seed: options.LIMITS
         if self.mode not in MODES:
             raise PawsightError(f"unknown transfer mode {self.mode!r}; use frozen or finetune")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise PawsightError(f"{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.lr is not None and not float(self.lr) > 0:
-            raise PawsightError(f"lr must be positive, got {self.lr}")
 
     def _device(self) -> str:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,7 +101,7 @@ class TransferClassifier(ImageClassifier):
             ) -> TransferClassifier:
         from ..backbones import create_backbone
 
-        self._check_params()
+        self.check_params()
         y = np.asarray(y, dtype=np.int64)
         if len(classes) < 2 or len(np.unique(y)) < 2:
             raise PawsightError("transfer learning needs pictures of at least two classes")
@@ -170,6 +165,7 @@ class TransferClassifier(ImageClassifier):
                              run_dir=run_dir)
         self.timings_["finetune"] = time.perf_counter() - t
         self.history_ = result.history
+        self.interrupted_ = result.interrupted  # Ctrl-C/SIGTERM: api.train records the run as resumable
         self.resumed_from_ = result.resumed_from
         self.train_images_per_second_ = result.images_per_second
         net = net.cpu().eval()
