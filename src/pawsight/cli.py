@@ -20,6 +20,7 @@ Exit statuses (errors.py, README "Exit statuses"): 0 done, 1 done but some input
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -232,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"interrupted{interrupted_hint(args)}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except OSError as exc:
+            message = os_error_message(exc)
+            if message is None:
+                raise
+            print(f"error: {shown(message)}", file=sys.stderr)
+            return EXIT_USAGE
         except MemoryError:
             print("error: out of memory; try a smaller --size or --batch-size", file=sys.stderr)
             return EXIT_USAGE
@@ -242,6 +249,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unexpected {type(exc).__name__} inside pawsight: {shown(exc)} "
                   f"(details in {shown(log)}; please report it)", file=sys.stderr)
             return EXIT_BUG
+
+
+# errno -> what to do about it; these come from the user's files and disks, not from a bug in pawsight
+_OS_ADVICE = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+              errno.ENOENT: "check the path", errno.ENOTDIR: "a file is where a folder is expected",
+              errno.EISDIR: "a folder is where a file is expected", errno.EEXIST: "something is in the way",
+              errno.EROFS: "the disk is read-only", errno.ENOSPC: "free some space ('pawsight cache clear' "
+                                                                  "frees rebuildable cache files)",
+              errno.EDQUOT: "free some space", errno.ENAMETOOLONG: "use a shorter path",
+              errno.ELOOP: "a symbolic link loops", errno.EIO: "the disk reported an error"}
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """One line for a file-system error the user can fix (permissions, a missing or misplaced path, a full
+    or read-only disk) that no more specific message caught; None for anything else (a bug)."""
+    if exc.errno not in _OS_ADVICE:
+        return None
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    return f"{exc.strerror or type(exc).__name__}{where} ({_OS_ADVICE[exc.errno]})"
 
 
 class sigterm_interrupts:  # noqa: N801 - used as a statement: `with sigterm_interrupts():`
