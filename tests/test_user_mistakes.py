@@ -52,14 +52,15 @@ def damaged_run(ws: dict[str, Path], name: str) -> Path:
 
 def cases(ws: dict[str, Path]) -> list[tuple[str, list[str], str]]:
     r, run, tiny = ws["root"], str(ws["run"]), str(ws["tiny"])
+    o = str(r / "o")  # replaced by a fresh folder per case
     train = ["train", "--approach", "classical", "--features", "hog", "--size", "64"]
     return [
         # data folders
-        ("train: data folder missing", [*train, str(r / "nope"), "--out", str(r / "o")], "not found"),
-        ("train: a file as data folder", [*train, str(r / "notes.txt"), "--out", str(r / "o")], "not a folder"),
-        ("train: no class folders", [*train, str(r / "flat"), "--out", str(r / "o")], "no class folders"),
-        ("train: empty folder", [*train, str(r / "plain"), "--out", str(r / "o")], "no class folders"),
-        ("train: one class", [*train, str(r / "onecls"), "--out", str(r / "o")], "class"),
+        ("train: data folder missing", [*train, str(r / "nope"), "--out", o], "not found"),
+        ("train: a file as data folder", [*train, str(r / "notes.txt"), "--out", o], "not a folder"),
+        ("train: no class folders", [*train, str(r / "flat"), "--out", o], "no class folders"),
+        ("train: empty folder", [*train, str(r / "plain"), "--out", o], "no class folders"),
+        ("train: one class", [*train, str(r / "onecls"), "--out", o], "class"),
         ("train: no data given", ["train", "--approach", "classical"], "data folder"),
         # the run directory to write
         ("train: --out under /proc", [*train, tiny, "--out", "/proc/pawsight-run"], "cannot write"),
@@ -71,15 +72,15 @@ def cases(ws: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("train: --resume a finished run", ["train", "--resume", run], "finished"),
         # transfer weights
         ("train: --weights not weights", ["train", tiny, "--weights", str(r / "weights.pth"),
-                                          "--out", str(r / "o")], "weights"),
+                                          "--out", o], "weights"),
         ("train: --weights is JSON", ["train", tiny, "--weights", str(r / "config.json"),
-                                      "--out", str(r / "o")], "weights"),
+                                      "--out", o], "weights"),
         ("train: --weights missing", ["train", tiny, "--weights", str(r / "nope.pth"),
-                                      "--out", str(r / "o")], "not found"),
-        ("train: unknown --set name", [*train, tiny, "--out", str(r / "o"), "--set", "colour=1"], "no option"),
-        ("train: --set without =", [*train, tiny, "--out", str(r / "o"), "--set", "pca"], "NAME=VALUE"),
+                                      "--out", o], "not found"),
+        ("train: unknown --set name", [*train, tiny, "--out", o, "--set", "colour=1"], "no option"),
+        ("train: --set without =", [*train, tiny, "--out", o, "--set", "pca"], "NAME=VALUE"),
         # runs that are not runs
-        ("evaluate: a plain folder as run", ["evaluate", str(r / "plain"), tiny], "not a finished pawsight run"),
+        ("evaluate: a plain folder as run", ["evaluate", str(r / "plain"), tiny], "not a finished"),
         ("evaluate: a file as run", ["evaluate", str(r / "notes.txt"), tiny], str(r / "notes.txt")),
         ("evaluate: run missing", ["evaluate", str(r / "nope"), tiny], "not found"),
         ("evaluate: data folder as run", ["evaluate", tiny, tiny], "not a finished pawsight run"),
