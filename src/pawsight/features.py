@@ -19,9 +19,11 @@ output changes the key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -368,12 +370,29 @@ def run_parallel(fn: Callable[[np.ndarray], Any], X: np.ndarray, n_jobs: int | N
         if n_jobs == 1 or len(batches) == 1:
             results = map(work, batches)
         else:
-            results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
-                delayed(work)(b) for b in batches)
+            with interrupts_blocked_for_workers():  # the workers start here
+                results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
+                    delayed(work)(b) for b in batches)
         for part in results:
             out += part
             progress_bar.update(len(part))
     return out
+
+
+@contextlib.contextmanager
+def interrupts_blocked_for_workers():
+    """Start worker processes with SIGINT blocked (a signal mask is inherited and Python never unblocks it):
+    Ctrl-C reaches every process of the terminal's group, and only pawsight's main process should act on it,
+    not every worker printing a KeyboardInterrupt traceback. A Ctrl-C while the workers start is delivered
+    to the main process as soon as they have started."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def row_hashes(X: np.ndarray) -> list[str]:
