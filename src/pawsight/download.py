@@ -49,7 +49,7 @@ from typing import Any
 
 from . import __version__
 from .cache import default_cache_dir
-from .errors import PawsightError
+from .errors import PawsightError, shown
 from .progress import bar, progress
 from .storage import DISK_ERRORS, FULL, atomic_write_json, atomic_write_text, disk_error
 
@@ -101,7 +101,7 @@ class BadArchive(PawsightError):
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(shown(message), file=sys.stderr)  # paths and URLs (a mirror's) may hold control characters
 
 
 def megabytes(n: int | None) -> str:
