@@ -94,11 +94,12 @@ def test_every_models_parameters_are_checked_when_made(approach: str, params: di
 
 
 def test_set_values_get_the_same_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "run"
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
     for approach, setting, says in [("scratch", "width=2", "width must be at least 4"),
                                     ("classical", "C=nan", "C must be a finite number"),
                                     ("transfer", "epochs=0", "epochs must be at least 1")]:
-        assert main(["train", str(tmp_path), "--approach", approach, "--out", str(out),
+        assert main(["train", str(data), "--approach", approach, "--out", str(out),
                      "--set", setting]) == 2
         assert says in one_error_line(capsys.readouterr().err)
         assert not out.exists()

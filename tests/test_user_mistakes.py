@@ -64,7 +64,7 @@ def cases(ws: dict[str, Path]) -> list[tuple[str, list[str], str]]:
         ("train: no data given", ["train", "--approach", "classical"], "data folder"),
         # the run directory to write
         ("train: --out under /proc", [*train, tiny, "--out", "/proc/pawsight-run"], "cannot write"),
-        ("train: --out is a file", [*train, tiny, "--out", str(r / "notes.txt")], "a file is in the way"),
+        ("train: --out is a file", [*train, tiny, "--out", str(r / "notes.txt")], "is a file"),
         ("train: --out below a file", [*train, tiny, "--out", str(r / "notes.txt" / "run")],
          "a file is in the way"),
         ("train: --resume a plain folder", ["train", "--resume", str(r / "plain")], "nothing to resume"),
