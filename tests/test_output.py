@@ -54,7 +54,7 @@ def test_names_are_escaped_in_every_human_readable_output(evil_data: Path, evil_
                          (["train", str(evil_data), "--approach", "classical", "--features", "hog",
                            "--size", "64", "--model", "logreg", "--out", str(evil_run.parent / "again")],
                           EXIT_SKIPPED),
-                         (["evaluate", str(evil_run), str(evil_data)], EXIT_SKIPPED),
+                         (["evaluate", str(evil_run), str(evil_data), "--split", "all"], EXIT_SKIPPED),
                          (["predict", str(evil_run), str(evil_data), "--top-k", "2"], EXIT_SKIPPED),
                          (["predict", str(evil_run), str(evil_data / EVIL / "nope.jpg"), str(evil_data)],
                           EXIT_SKIPPED)]:
