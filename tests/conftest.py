@@ -40,3 +40,33 @@ def full() -> Path:
     if not FULL.is_dir():
         pytest.fail(f"test data missing: {FULL}")
     return FULL
+
+
+@pytest.fixture(scope="session")
+def transfer_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One default transfer run (Lite0 frozen features) on the tiny set, shared by the inference tests."""
+    from pawsight import api
+
+    out = tmp_path_factory.mktemp("transfer-run") / "run"
+    api.train(tiny, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def classical_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small classical run (HOG + colour, logistic regression) on the tiny set."""
+    from pawsight import api
+
+    out = tmp_path_factory.mktemp("classical-run") / "run"
+    api.train(tiny, approach="classical", out=out, features="hog,color", model="logreg")
+    return out
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CNN from scratch (32 px, width 8, one epoch): seconds to train, enough to test plumbing."""
+    from pawsight import api
+
+    out = tmp_path_factory.mktemp("scratch-run") / "run"
+    api.train(tiny, approach="scratch", out=out, size=32, width=8, epochs=1, batch_size=16, device="cpu")
+    return out

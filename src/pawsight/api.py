@@ -25,12 +25,10 @@ from .evaluation import classification_metrics, picture_predictions
 from .options import check_param
 from .run import (
     check_out_vs_data,
-    load_model,
     mark_failed,
     mark_interrupted,
     open_for_training,
     read_manifest,
-    read_run_info,
     resume_settings,
     save_evaluation,
     sha256_many,
@@ -41,9 +39,12 @@ from .run import (
 PathLike = str | os.PathLike[str]
 
 
-def load(run_dir: PathLike):
-    """The trained model saved in `run_dir` (any approach)."""
-    return load_model(run_dir)
+def load(path: PathLike, *, threshold: float | None = None):
+    """The predictor (pawsight.inference.Predictor) of a run directory (any approach) or an exported .onnx
+    file: predict / predict_proba / predict_records on paths, PIL images, uint8 arrays or bytes."""
+    from .inference import load as load_predictor
+
+    return load_predictor(path, threshold=threshold)
 
 
 def default_run_dir(approach: str) -> Path:
@@ -202,18 +203,25 @@ def _draw_curves(out: Path) -> None:
 
 
 def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
-             cache: ImageCache | None = None, save: bool = True) -> dict[str, Any]:
-    """Score a trained run on a data folder. `split`: train, validation, test or all; default: the test split
-    if the folder has one, else the pictures the run validated on when `data` is its training folder (from its
-    manifest, so pictures added since are not scored), else validation for pre-split folders, else every
-    picture in the folder.
+             cache: ImageCache | None = None, save: bool = True, threshold: float | None = None
+             ) -> dict[str, Any]:
+    """Score a trained run (or an exported .onnx file) on a data folder. `split`: train, validation, test or
+    all; default: the test split if the folder has one, else the pictures the run validated on when `data` is
+    its training folder (from its manifest, so pictures added since are not scored), else validation for
+    pre-split folders, else every picture in the folder.
 
-    Returns the metrics, `predictions` (one dict per picture: path, label, predicted, probabilities in the
-    model's class order, loss = -log p(true class)) and `saved`: the file under RUN/evaluations/ it was saved
-    to (None with `save=False`, or when the run directory cannot be written: then `save_error` says why).
+    Returns the metrics (they rate the most probable class), `unknown` (how many pictures inference.decide
+    answers "unknown": neither score above `threshold`, default the run's), `accuracy_answered` (accuracy of
+    the labels it does give), `predictions` (one dict per picture: path, label, predicted (decide's answer),
+    probabilities in the model's class order, loss = -log p(true class)) and `saved`: the file under
+    RUN/evaluations/ it was saved to (None with `save=False`, for an .onnx file, or when the run directory
+    cannot be written: then `save_error` says why).
     """
-    model = load_model(run_dir)
-    info = read_run_info(run_dir)
+    from .inference import decide
+    from .inference import load as load_predictor
+
+    model = load_predictor(run_dir, threshold=threshold)
+    info = model.info
     t0 = time.perf_counter()
     classes = list(model.classes_)
     samples, used_split, ds, selection = _evaluation_samples(data, split, info, run_dir, classes)
@@ -225,15 +233,18 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     samples = [Sample(s.path, remap[s.label], s.split) for s in samples]
     decoded = (cache or ImageCache()).load_samples(samples, model.preprocessing, desc="decoding")
     t = time.perf_counter()
-    proba = model.predict_proba(decoded.images) if len(decoded.labels) else np.zeros((0, len(classes)))
+    proba, score = (model.forward(decoded.images) if len(decoded.labels)
+                    else (np.zeros((0, len(classes))), None))
     seconds_predict = time.perf_counter() - t
     result = classification_metrics(decoded.labels, proba, classes)
+    answers = decide(proba, classes, score, model.threshold)
+    result.update(_answered(answers, [classes[i] for i in decoded.labels]), threshold=model.threshold)
     result.update(split=used_split, selection=selection, data=str(Path(data)), run=str(run_dir),
                   skipped=[s.to_dict() for s in ds.skipped + decoded.skipped],
                   seconds={"predict": round(seconds_predict, 3), "total": round(time.perf_counter() - t0, 3)},
-                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes))
+                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes, answers))
     result["saved"] = None
-    if save:
+    if save and Path(run_dir).is_dir():
         try:
             result["saved"] = str(save_evaluation(run_dir, result))
         except (OSError, PawsightError) as exc:  # a read-only run (someone else's) still gets its scores
@@ -242,32 +253,49 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
 
 
 def predict(run_dir: PathLike, paths: list[PathLike], top_k: int = 1, model=None,
-            cache: ImageCache | None = None) -> tuple[list[dict[str, Any]], list[Skip]]:
-    """Label image files (folders are searched). Returns (predictions, skipped files with reasons)."""
+            threshold: float | None = None) -> tuple[list[dict[str, Any]], list[Skip]]:
+    """Label image files (folders are searched) with a run directory or an exported .onnx file.
+
+    Returns (predictions, skipped files with reasons); each prediction is the predictor's record (label,
+    probability, probabilities, unknown_score) plus `path` and `top` (the `top_k` most probable classes)."""
     from .data import list_files
+    from .inference import load as load_predictor
+    from .inference import predict_files
 
     check_param("top_k", top_k)
-    model = model or load_model(run_dir)
+    model = model or load_predictor(run_dir, threshold=threshold)
     files: list[Path] = []
-    listing_skips: list[Skip] = []
+    skipped: list[Skip] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(list_files(p, listing_skips))
+            files.extend(list_files(p, skipped))
         else:
             files.append(p)
-    decoded = (cache or ImageCache()).load(files, model.preprocessing, desc="decoding")
-    proba = model.predict_proba(decoded.images) if len(decoded.paths) else np.zeros((0, len(model.classes_)))
-    k = max(1, min(top_k, len(model.classes_)))
     out = []
-    for path, p in zip(decoded.paths, proba, strict=True):
-        order = np.argsort(-p)[:k]
-        out.append({"path": str(path), "label": model.classes_[int(order[0])],
-                    "probability": float(p[order[0]]),
-                    "top": [{"label": model.classes_[int(j)], "probability": float(p[j])} for j in order]})
-    return out, listing_skips + decoded.skipped
+    for path, record, error in predict_files(model, files):
+        if record is None:
+            skipped.append(Skip(path, str(error)))
+            continue
+        out.append({"path": path, **record, "top": top_classes(record["probabilities"], top_k)})
+    return out, skipped
+
+
+def top_classes(probabilities: dict[str, float], k: int) -> list[dict[str, Any]]:
+    """The `k` most probable classes, most probable first (ties: class order)."""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])[:max(1, k)]
+    return [{"label": c, "probability": p} for c, p in ranked]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
+def _answered(answers: list[str], truth: list[str]) -> dict[str, Any]:
+    """How many pictures were answered "unknown", and the accuracy of the class labels that were given."""
+    from .inference import UNKNOWN
+
+    given = [(a, t) for a, t in zip(answers, truth, strict=True) if a != UNKNOWN]
+    return {"unknown": len(answers) - len(given),
+            "accuracy_answered": (sum(a == t for a, t in given) / len(given)) if given else None}
+
 
 def _accepted(approach: str) -> set[str]:
     import inspect

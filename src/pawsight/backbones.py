@@ -297,28 +297,18 @@ def download_weights(url: str, dest: Path, *, what: str = "the backbone", timeou
 
 # -- running -------------------------------------------------------------------------------------------------
 
-class Normalized(nn.Module):
+def Normalized(net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
     """uint8 NHWC pixels in, features out: normalisation lives inside the graph, so ONNX gets it too."""
+    from .normalize import Normalize
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.net = net
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        self.register_buffer("scale", scale)
-        shift = torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)
-        self.register_buffer("shift", shift)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float() * self.scale - self.shift
-        return self.net(x.contiguous(memory_format=torch.channels_last))
+    return nn.Sequential(Normalize(mean, std), net)
 
 
 def to_input(images: np.ndarray, spec: BackboneSpec) -> torch.Tensor:
     """uint8 (n, H, W, 3) -> normalised float (n, 3, H, W), channels_last."""
-    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    from .normalize import normalize, pixels_to_float
+
+    return normalize(pixels_to_float(images), spec.mean, spec.std)
 
 
 class FeatureExtractor:

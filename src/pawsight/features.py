@@ -405,9 +405,12 @@ def feature_store(extractor: Extractor, root: str | Path | None = None) -> RowSt
     return RowStore(Path(root or default_cache_dir()) / "features" / "classical" / extractor.key)
 
 
-def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, cache: bool = True,
+def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, cache: bool | str = True,
             hashes: list[str] | None = None) -> tuple[np.ndarray, int]:
-    """(features (n, d) float32 of `X` by one extractor, how many pictures had to be computed)."""
+    """(features (n, d) float32 of `X` by one extractor, how many pictures had to be computed).
+
+    `cache`: True reads and writes the feature cache, "read" only reads it (inference: nothing written),
+    False ignores it."""
     X = np.asarray(X, dtype=np.uint8)
     if X.ndim != 4 or X.shape[-1] != 3:
         raise PawsightError(f"features take RGB pictures as an (n, height, width, 3) array, got {X.shape}")
@@ -416,7 +419,7 @@ def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, c
     found, missing = store.get(keys) if store else ({}, list(range(len(X))))
     new = run_parallel(extractor.extract_one, X[missing], n_jobs, desc=f"{extractor.name} features",
                        backend=extractor.backend) if missing else []
-    if store and missing:
+    if store and missing and cache != "read":
         store.put([keys[i] for i in missing], np.stack(new))
     rows = dict(found)
     rows.update(zip(missing, new, strict=True))
@@ -426,7 +429,7 @@ def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, c
 
 
 def extract(extractors: list[Extractor], X: np.ndarray, *, n_jobs: int | None = None,
-            cache: bool = True) -> np.ndarray:
+            cache: bool | str = True) -> np.ndarray:
     """All extractors' features side by side: (n, sum of their dimensions) float32."""
     hashes = row_hashes(np.asarray(X, np.uint8)) if cache else None
     parts = [compute(e, X, n_jobs=n_jobs, cache=cache, hashes=hashes)[0] for e in extractors]

@@ -75,6 +75,8 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from .errors import PawsightError, shown
+from .normalize import flip_average, pixels_to_float
+from .normalize import normalize as normalize_pixels
 from .progress import bar
 from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -200,8 +202,7 @@ def _fit(net, X, y, X_val, y_val, cfg: TrainConfig, augment, normalize, param_gr
     out_device = next(net.parameters()).device
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net.to(device=device, memory_format=memory_format)
-    mean = torch.tensor(normalize[0], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(normalize[1], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean, std = normalize  # (per-channel mean, std) for [0, 1] pixels: applied by normalize_pixels
 
     batch = max(1, cfg.batch_size // dist.world)
     shard = len(y) // dist.world
@@ -269,10 +270,10 @@ def _fit(net, X, y, X_val, y_val, cfg: TrainConfig, augment, normalize, param_gr
                 for g in opt.param_groups:
                     g["lr"] = lr * g["lr_scale"]
                 idx = np.sort(order[i * batch:(i + 1) * batch])
-                xb = to_float_batch(X[idx], device)
+                xb = pixels_to_float(X[idx], device)
                 if augment is not None:
                     xb = augment(xb, gen)
-                xb = ((xb - mean) / std).contiguous(memory_format=memory_format)
+                xb = normalize_pixels(xb, mean, std, memory_format)
                 yb = torch.from_numpy(y[idx]).to(device)
                 timer.start()
                 logits = model(xb)
@@ -431,7 +432,7 @@ def _evaluate(net: nn.Module, X: np.ndarray, y: np.ndarray, mean: Tensor, std: T
     sums = torch.zeros(3, dtype=torch.float64)
     for i in range(0, len(part), bs):
         idx = part[i:i + bs]
-        xb = ((to_float_batch(X[idx], device) - mean) / std).contiguous(memory_format=memory_format)
+        xb = normalize_pixels(pixels_to_float(X[idx], device), mean, std, memory_format)
         yb = torch.from_numpy(y[idx]).to(device)
         logits = net(xb)
         loss = F.cross_entropy(logits, yb, reduction="sum")  # no smoothing: comparable across recipes
@@ -455,25 +456,14 @@ def predict_logits(net: nn.Module, X: np.ndarray, normalize: Normalize, batch_si
     dev = resolve_device(device) if isinstance(device, str) else device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net.to(device=dev, memory_format=memory_format).eval()
-    mean = torch.tensor(normalize[0], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(normalize[1], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     out = []
     for i in range(0, len(X), batch_size):
-        xb = ((to_float_batch(X[i:i + batch_size], dev) - mean) / std).contiguous(memory_format=memory_format)
-        logits = net(xb)
-        if tta:
-            logits = (logits + net(xb.flip(3))) / 2
-        out.append(logits.float().cpu())
+        xb = normalize_pixels(pixels_to_float(X[i:i + batch_size], dev), *normalize, memory_format)
+        out.append(flip_average(net, xb, tta).float().cpu())
     if not out:
         n_classes = getattr(net, "n_classes", 0)
         return np.zeros((0, n_classes), dtype=np.float32)
     return torch.cat(out).numpy()
-
-
-def to_float_batch(images: np.ndarray, device: torch.device) -> Tensor:
-    """uint8 (B, S, S, 3) -> float (B, 3, S, S) in [0, 1]; the memory stays NHWC, i.e. channels_last."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
-    return x.float().div_(255)
 
 
 # -- pieces ----------------------------------------------------------------------------------------------

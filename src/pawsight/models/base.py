@@ -34,9 +34,29 @@ class ImageClassifier:
     classes_: list[str]
 
     # -- parameters (scikit-learn convention: every constructor argument is stored under its own name) --
-    def get_params(self) -> dict[str, Any]:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return sorted(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as `sklearn.base.clone` and grid searches expect them. Parameters are
+        plain values (no nested estimators), so `deep` changes nothing."""
+        return {n: getattr(self, n) for n in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> ImageClassifier:
+        """Change constructor arguments (scikit-learn convention); unknown names are a ValueError."""
+        valid = set(self._get_param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; "
+                                 f"valid parameters: {', '.join(sorted(valid))}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        changed = {n: v for n, v in self.get_params().items()
+                   if v != inspect.signature(type(self).__init__).parameters[n].default}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def check_params(self) -> None:
         """Refuse parameter values the model cannot use, with one line (PawsightError) before any work is

@@ -249,9 +249,11 @@ class ClassicalClassifier(ImageClassifier):
         probe = np.zeros((self.preprocessing.size, self.preprocessing.size, 3), np.uint8)
         return [len(e.extract_one(probe)) for e in self.extractors_]
 
-    def _extract(self, X: np.ndarray) -> np.ndarray:
+    def _extract(self, X: np.ndarray, cache: bool | str = True) -> np.ndarray:
+        """Features of `X`; `cache="read"` uses cached features but writes none (inference)."""
+        use = cache if self.cache_features else False
         return extract(self.extractors_, np.ascontiguousarray(X, dtype=np.uint8), n_jobs=self.n_jobs,
-                       cache=bool(self.cache_features))
+                       cache=use)
 
     def _proba(self, F: np.ndarray) -> np.ndarray:
         """Probabilities over all classes_, zero for classes that had no training pictures."""
@@ -259,14 +261,15 @@ class ClassicalClassifier(ImageClassifier):
         out[:, np.asarray(self.pipeline_.classes_, dtype=np.int64)] = self.pipeline_.predict_proba(F)
         return out
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, cache: bool | str = True) -> np.ndarray:
+        """Class probabilities; `cache="read"` (what pawsight.inference uses) writes no feature cache."""
         if len(X) == 0:
             return np.zeros((0, len(self.classes_)))
         self._check_images(X)
         t = time.perf_counter()
-        proba = self._proba(self._extract(X))
+        proba = self._proba(self._extract(X, cache))
         if self.tta:
-            proba = (proba + self._proba(self._extract(X[:, :, ::-1]))) / 2
+            proba = (proba + self._proba(self._extract(X[:, :, ::-1], cache))) / 2
         self.timings_ = {**getattr(self, "timings_", {}), "predict": time.perf_counter() - t}
         return proba
 

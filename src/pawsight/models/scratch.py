@@ -71,10 +71,13 @@ def build_network(n_classes: int, width: int = 32, depth: int = 1):
             self.head = nn.Linear(2 * c, n_classes)
             self.n_classes = n_classes
 
-        def forward(self, x):
+        def embed(self, x):
+            """Pooled features (average and max over the picture), what the head and the neither score see."""
             x = self.features(x)
-            x = torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
-            return self.head(x)
+            return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+
+        def forward(self, x):
+            return self.head(self.embed(x))
 
     return Net()
 
@@ -160,15 +163,26 @@ class ScratchCNN(ImageClassifier):
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities from `inference_module()`: the very module inference and ONNX export run."""
+        from .deep import run_module
+
+        size = self.preprocessing.size
+        if np.ndim(X) != 4 or tuple(np.shape(X)[1:]) != (size, size, 3):
+            raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
+                                f"{np.shape(X)}")
+        return run_module(self.inference_module(), np.asarray(X, np.uint8), batch_size=128)[0]
+
+    def inference_module(self):
+        """The whole model as one module: uint8 NHWC in, (probabilities, neither score) out (deep.py)."""
         import torch
 
-        from ..training import predict_logits
+        from .deep import Embedding, ImageModel
 
         if not hasattr(self, "net_"):
             raise PawsightError("the model is not trained yet")
-        logits = predict_logits(self.net_, X, self.normalize_, batch_size=128, tta=self._tta(),
-                                device=self.device or "auto")
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        net = self.net_.cpu().to(memory_format=torch.contiguous_format).eval()
+        return ImageModel(Embedding(net), net.head, *self.normalize_, self._tta(),
+                          getattr(self, "neither_", None)).eval()
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

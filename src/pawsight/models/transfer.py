@@ -186,13 +186,17 @@ class TransferClassifier(ImageClassifier):
             self.extractor_ = FeatureExtractor(self.net_, self.spec_, engine=engine, device=device)
         return self.extractor_
 
-    def _features(self, X: np.ndarray, flip: bool = False) -> np.ndarray:
-        """Backbone features of `X`, from the feature cache where possible (computed and stored otherwise)."""
+    def _features(self, X: np.ndarray, flip: bool = False, cache: bool = True) -> np.ndarray:
+        """Backbone features of `X`, from the feature cache where possible (computed and stored otherwise;
+        with `cache=False` computed and nothing written, as inference promises)."""
         X = np.asarray(X, dtype=np.uint8)
         size = self.preprocessing.size
         if X.ndim != 4 or X.shape[1:] != (size, size, 3):
             raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
                                 f"{X.shape}")
+        if not cache:
+            return self._extractor()(X, flip=flip) if len(X) else np.zeros((0, self.spec_.num_features),
+                                                                             np.float32)
         store = feature_store(self.spec_, self.preprocessing, flip)
         keys = [hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest() for x in X]
         found, missing = store.get(keys)
@@ -205,14 +209,26 @@ class TransferClassifier(ImageClassifier):
             store.put([keys[i] for i in missing], new)
         return out
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, cache: bool = True) -> np.ndarray:
+        """Class probabilities from (cached) backbone features; the same numbers as `inference_module()`."""
         if len(X) == 0:
             return np.zeros((0, len(self.classes_)))
-        proba = softmax(self._features(X) @ self.head_weight_.T + self.head_bias_)
+        proba = softmax(self._features(X, cache=cache) @ self.head_weight_.T + self.head_bias_)
         if self._use_tta():
-            flipped = softmax(self._features(X, flip=True) @ self.head_weight_.T + self.head_bias_)
+            flipped = softmax(self._features(X, flip=True, cache=cache) @ self.head_weight_.T
+                              + self.head_bias_)
             proba = (proba + flipped) / 2
         return proba
+
+    def inference_module(self) -> nn.Module:
+        """The whole model as one module: uint8 NHWC in, (probabilities, neither score) out (deep.py)."""
+        from .deep import ImageModel, linear
+
+        if not hasattr(self, "net_"):
+            raise PawsightError("the model is not trained yet")
+        backbone = self.net_.cpu().to(memory_format=torch.contiguous_format).eval()
+        return ImageModel(backbone, linear(self.head_weight_, self.head_bias_), self.spec_.mean,
+                          self.spec_.std, self._use_tta(), getattr(self, "neither_", None)).eval()
 
     # -- persistence --------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

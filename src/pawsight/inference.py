@@ -1,0 +1,394 @@
+"""The one way anything gets a prediction: a run directory or an exported .onnx file as ONE predictor.
+
+    predictor = pawsight.load("runs/t")              # or pawsight.load("model.onnx"); any approach
+    predictor.predict(["cat.jpg", pil_image, uint8_array, raw_bytes])  # -> ["cats", "dogs", "unknown", ...]
+    predictor.predict_proba(images)                  # (n, k) in predictor.classes_ order
+    predictor.predict_records(images)                # [{label, probability, probabilities, unknown_score}]
+
+Pictures may be file paths, PIL images, uint8 arrays (H, W, 3) or (n, H, W, 3) of any size, raw encoded
+bytes, or a list of those. Each goes through the run's saved `Preprocessing` (the same resize and crop as in
+training); arrays already at the model's size pass through unchanged. Nothing is written to disk caches.
+
+Deep runs (transfer, scratch) run ONE module (`models/deep.ImageModel`: uint8 NHWC in; normalisation,
+network, head, flip TTA and the neither score inside) on ONNX Runtime, built in memory from the module
+(eager PyTorch if ONNX Runtime cannot run it). An exported `.onnx` file runs the same graph with no PyTorch
+at all; classical runs compute their features with NumPy / scikit-image, also without PyTorch.
+
+`decide()` is THE label decision (argmax, or "unknown" when the neither score is above the threshold) used
+by the CLI, the Python API, evaluation and the server, so every surface gives the same label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PawsightError
+from .images import ImageError, Preprocessing, open_rgb, to_rgb
+
+UNKNOWN = "unknown"  # the label of a picture that belongs to none of the classes
+ONNX_METADATA_KEY = "pawsight"  # metadata_props entry holding the JSON description of an exported model
+PathLike = str | os.PathLike[str]
+
+
+def decide(proba: np.ndarray, classes: Sequence[str], ood_score: np.ndarray | Sequence[float] | None = None,
+           threshold: float | None = None) -> list[str]:
+    """The label of each row of `proba`: the most probable class, or "unknown" when its neither score is
+    above `threshold` (or not a number). No score or no threshold: always a class."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(classes):
+        raise ValueError(f"probabilities of shape {proba.shape} do not fit {len(classes)} classes")
+    labels = [str(classes[i]) for i in proba.argmax(axis=1)] if len(proba) else []
+    if ood_score is None or threshold is None:
+        return labels
+    score = np.asarray(ood_score, dtype=np.float64).reshape(-1)
+    if len(score) != len(labels):
+        raise ValueError(f"{len(score)} neither scores for {len(labels)} pictures")
+    return [UNKNOWN if not s <= threshold else lab for lab, s in zip(labels, score, strict=True)]
+
+
+# -- pictures in any form -----------------------------------------------------------------------------------
+
+def read_image(item: Any, prep: Preprocessing) -> np.ndarray:
+    """One picture (path, bytes, PIL image or uint8 HWC array) as the (size, size, 3) uint8 array the model
+    sees. Bad input raises ImageError (bad file) or PawsightError (wrong type) with a one-line reason."""
+    from PIL import Image
+
+    size = int(prep.size)
+    if isinstance(item, np.ndarray):
+        arr = _check_array(item)
+        if arr.ndim != 3:
+            raise PawsightError(f"expected one picture of shape (height, width, 3), got {arr.shape}")
+        if arr.shape == (size, size, 3):
+            return arr
+        return prep(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+    if isinstance(item, bytes | bytearray | memoryview):
+        return prep(open_rgb("<bytes>", min_size=size, data=bytes(item)))
+    if isinstance(item, str | os.PathLike):
+        return prep(open_rgb(item, min_size=size))
+    if isinstance(item, Image.Image):
+        return prep(to_rgb(item))
+    raise PawsightError(f"cannot read a picture from a {type(item).__name__}; give a file path, bytes, "
+                        f"a PIL image or a uint8 array")
+
+
+def to_arrays(images: Any, prep: Preprocessing) -> np.ndarray:
+    """Pictures in any accepted form (or a list of them) as one (n, size, size, 3) uint8 array."""
+    size = int(prep.size)
+    if isinstance(images, np.ndarray):
+        arr = _check_array(images)
+        if arr.ndim == 3:
+            return read_image(arr, prep)[None]
+        if arr.shape[1:] == (size, size, 3):
+            return arr
+        return _stack([read_image(a, prep) for a in arr], size)
+    if isinstance(images, list | tuple):
+        out: list[np.ndarray] = []
+        for item in images:
+            if isinstance(item, np.ndarray) and item.ndim == 4:
+                out.extend(to_arrays(item, prep))
+            else:
+                out.append(_named(item, prep))
+        return _stack(out, size)
+    return _named(images, prep)[None]
+
+
+def _named(item: Any, prep: Preprocessing) -> np.ndarray:
+    try:
+        return read_image(item, prep)
+    except ImageError as exc:
+        name = str(item) if isinstance(item, str | os.PathLike) else type(item).__name__
+        from .errors import shown
+
+        raise PawsightError(f"{shown(name)}: {exc}") from None
+
+
+def _check_array(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise PawsightError(f"pictures as arrays must be uint8 RGB (0-255), got {arr.dtype}")
+    if arr.ndim == 2:  # one grey picture
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim not in (3, 4) or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise PawsightError(f"pictures as arrays must be (height, width, 3) or (n, height, width, 3), "
+                            f"got {arr.shape}")
+    return arr
+
+
+def _stack(rows: list[np.ndarray], size: int) -> np.ndarray:
+    return np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)
+
+
+# -- the predictor -------------------------------------------------------------------------------------------
+
+class Predictor:
+    """A trained model ready to answer: the same interface for every approach and for .onnx files."""
+
+    approach: str
+    classes_: list[str]
+    preprocessing: Preprocessing
+    info: dict[str, Any]
+    #: neither-score threshold above which the answer is "unknown"; None = always answer a class
+    threshold: float | None
+
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (n, k), neither scores (n,) or None) of preprocessed uint8 pictures."""
+        raise NotImplementedError
+
+    def predict_scores(self, images: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, neither scores or None) of pictures in any accepted form."""
+        X = to_arrays(images, self.preprocessing)
+        if len(X) == 0:
+            return np.zeros((0, len(self.classes_))), None
+        return self.forward(X)
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        return self.predict_scores(images)[0]
+
+    def predict(self, images: Any) -> list[str]:
+        """Class names (or "unknown"), one per picture."""
+        proba, score = self.predict_scores(images)
+        return decide(proba, self.classes_, score, self.threshold)
+
+    def predict_records(self, images: Any) -> list[dict[str, Any]]:
+        """One dict per picture: label, probability (of the most probable class), probabilities
+        {class: p}, unknown_score (float, or None when the run has no neither score)."""
+        return self.records(*self.predict_scores(images))
+
+    def records(self, proba: np.ndarray, score: np.ndarray | None) -> list[dict[str, Any]]:
+        labels = decide(proba, self.classes_, score, self.threshold)
+        out = []
+        for i, label in enumerate(labels):
+            p = proba[i]
+            out.append({"label": label, "probability": float(p.max()),
+                        "probabilities": {c: float(v) for c, v in zip(self.classes_, p, strict=True)},
+                        "unknown_score": None if score is None else float(score[i])})
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(approach={self.approach!r}, classes={self.classes_!r}, "
+                f"threshold={self.threshold!r})")
+
+
+class EstimatorPredictor(Predictor):
+    """A classical run: the estimator's own predict_proba, feature cache read but never written."""
+
+    def __init__(self, model: Any, info: dict[str, Any], threshold: float | None) -> None:
+        self.model = model
+        self.approach = info["approach"]
+        self.classes_ = list(model.classes_)
+        self.preprocessing = model.preprocessing
+        self.info = info
+        self.threshold = threshold
+
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return np.asarray(self.model.predict_proba(X, cache="read")), None
+
+
+class ModulePredictor(Predictor):
+    """A deep run: its `inference_module()` on ONNX Runtime (graph built in memory) or eager PyTorch."""
+
+    def __init__(self, model: Any, info: dict[str, Any], threshold: float | None, engine: str = "auto",
+                 batch_size: int = 16) -> None:
+        self.model = model
+        self.approach = info["approach"]
+        self.classes_ = list(model.classes_)
+        self.preprocessing = model.preprocessing
+        self.info = info
+        neither = getattr(model, "neither_", None)
+        self.has_score = neither is not None
+        default = float(neither.threshold) if neither is not None else None
+        self.threshold = default if threshold is None else float(threshold)
+        self.module = model.inference_module()
+        self.batch_size = int(batch_size)
+        self.session: Any = None
+        self.engine = engine
+        if engine not in ("auto", "onnx", "torch"):
+            raise PawsightError(f"unknown engine {engine!r}; use auto, onnx or torch")
+        if engine in ("auto", "onnx"):
+            try:
+                from .models.deep import onnx_bytes
+
+                self.session = onnx_session(onnx_bytes(self.module))
+                self.engine = "onnx"
+            except Exception as exc:  # noqa: BLE001 - exporter/runtime gaps for exotic backbones: eager torch
+                if engine == "onnx":
+                    raise PawsightError(f"cannot run this model with ONNX Runtime ({type(exc).__name__}: "
+                                        f"{exc}); use the torch engine") from None
+                self.engine = "torch"
+
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.session is not None:
+            proba, score = run_session(self.session, X, self.batch_size)
+        else:
+            from .models.deep import run_module
+
+            proba, score = run_module(self.module, X, self.batch_size)
+        return proba, (score if self.has_score else None)
+
+
+class OnnxPredictor(Predictor):
+    """An exported .onnx file on ONNX Runtime: no PyTorch needed."""
+
+    def __init__(self, path: Path, threshold: float | None, batch_size: int = 16) -> None:
+        try:
+            import onnx
+        except ImportError:  # pragma: no cover - onnx ships with the serve extra
+            onnx = None
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise PawsightError(f"cannot read {path}: {exc.strerror or exc}") from None
+        meta = _onnx_metadata(blob, onnx, path)
+        try:
+            self.session = onnx_session(blob)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is one sentence
+            raise PawsightError(f"{path} cannot be run by ONNX Runtime: {str(exc).splitlines()[0][:200]}"
+                                ) from None
+        try:
+            self.approach = str(meta["approach"])
+            self.classes_ = [str(c) for c in meta["classes"]]
+            self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PawsightError(f"{path} has incomplete pawsight metadata ({exc})") from None
+        self.info = meta
+        neither = meta.get("neither") or None
+        self.has_score = neither is not None
+        default = float(neither["threshold"]) if neither is not None else None
+        self.threshold = default if threshold is None else float(threshold)
+        self.batch_size = int(batch_size)
+        self.engine = "onnx"
+
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        proba, score = run_session(self.session, X, self.batch_size)
+        return proba, (score if self.has_score else None)
+
+
+def _onnx_metadata(blob: bytes, onnx: Any, path: Path) -> dict[str, Any]:
+    text = None
+    if onnx is not None:
+        try:
+            model = onnx.load_model_from_string(blob, load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - not ONNX at all: one sentence
+            raise PawsightError(f"{path} is not an ONNX model ({type(exc).__name__})") from None
+        text = next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
+    else:
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001
+            raise PawsightError(f"{path} is not an ONNX model") from None
+        text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    if text is None:
+        raise PawsightError(f"{path} is an ONNX model but not one exported by 'pawsight export' (no "
+                            f"'{ONNX_METADATA_KEY}' metadata)")
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise PawsightError(f"{path} has damaged pawsight metadata") from None
+    if not isinstance(meta, dict):
+        raise PawsightError(f"{path} has damaged pawsight metadata")
+    return meta
+
+
+def onnx_session(blob: bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session for a graph held in memory, using every core for each batch."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session: Any, X: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, scores) of uint8 pictures, in small batches (activations stay in the CPU cache)."""
+    probas, scores = [], []
+    for i in range(0, len(X), batch_size):
+        p, s = session.run(None, {"pixels": np.ascontiguousarray(X[i:i + batch_size], dtype=np.uint8)})
+        probas.append(p)
+        scores.append(s)
+    return np.concatenate(probas).astype(np.float64), np.concatenate(scores).astype(np.float64)
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto") -> Predictor:
+    """The predictor of a run directory (any approach) or of an .onnx file written by `pawsight export`.
+
+    `threshold` overrides the run's neither threshold (a higher one answers "unknown" less often);
+    `engine` (deep runs): "auto" (ONNX Runtime, else eager PyTorch), "onnx" or "torch"."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() != ".onnx":
+            raise PawsightError(f"{path} is a file but not an .onnx model; give a run directory or a file "
+                                f"written by 'pawsight export'")
+        return OnnxPredictor(path, threshold)
+    from .run import load_model, read_run_info
+
+    info = read_run_info(path)
+    model = load_model(path)
+    if info["approach"] == "classical":
+        if threshold is not None:
+            raise PawsightError("classical runs have no neither score, so --threshold does not apply")
+        return EstimatorPredictor(model, info, None)
+    return ModulePredictor(model, info, threshold, engine=engine)
+
+
+def predict_files(predictor: Predictor, files: Iterable[PathLike], batch_size: int = 32,
+                  workers: int | None = None) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """(path, record, None) or (path, None, reason) per file, in order, streaming: files are read in
+    batches of `batch_size` by `workers` threads (decoding releases the GIL) while the model runs the
+    previous batch, so memory stays constant however many files come."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .cache import default_workers
+
+    prep = predictor.preprocessing
+
+    def read(path: PathLike) -> np.ndarray | str:
+        try:
+            return read_image(Path(path), prep)
+        except ImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        pending = None
+        for batch in _batches(files, batch_size):
+            decoding = (batch, [pool.submit(read, p) for p in batch])
+            if pending is not None:
+                yield from _answer(predictor, *pending)
+            pending = decoding
+        if pending is not None:
+            yield from _answer(predictor, *pending)
+
+
+def _answer(predictor: Predictor, paths: list[PathLike], futures: list[Any]
+            ) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    results = [f.result() for f in futures]
+    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    records: dict[int, dict[str, Any]] = {}
+    if good:
+        proba, score = predictor.forward(np.stack([results[i] for i in good]))
+        records = dict(zip(good, predictor.records(proba, score), strict=True))
+    for i, path in enumerate(paths):
+        yield (str(path), records[i], None) if i in records else (str(path), None, str(results[i]))
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` items from any iterable, without materialising it."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
