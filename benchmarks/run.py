@@ -1,7 +1,8 @@
 """Run pawsight's benchmarks on ../shared/datasets (or --data) and print their tables.
 
     ./run.sh bench               every benchmark
-    ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report, choose
+    ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report, choose, predict,
+                                 neither
 Extra arguments after the name are passed to that benchmark (see each bench_*.py's --help).
 """
 
@@ -11,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose"]
+NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose", "predict", "neither"]
 
 
 def main(argv: list[str]) -> int:

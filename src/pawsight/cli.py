@@ -156,13 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--no-save", action="store_true",
                     help="do not save this evaluation under RUN/evaluations/")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="neither-score threshold above which a picture is answered 'unknown' "
+                         "(default: the one calibrated when the run was trained)")
 
-    pr = sub.add_parser("predict", help="label new pictures")
-    pr.add_argument("run", type=Path)
-    pr.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    pr = sub.add_parser("predict", help="label new pictures (a run directory or an exported .onnx file)",
+                        epilog="Folders are searched recursively and streamed (constant memory, filesystem "
+                               "order); glob patterns are expanded by pawsight ('photos/**/*.jpg'); '-' "
+                               "reads one path per line from stdin. Exit status 1 when a file was skipped.")
+    pr.add_argument("run", type=Path, help="run directory or .onnx file")
+    pr.add_argument("images", nargs="+", help="image files, folders, glob patterns, or - for paths on stdin")
+    pr.add_argument("--format", choices=["table", "json", "csv"], default=None,
+                    help="table (default), json (one object per line per picture) or csv")
+    pr.add_argument("--json", action="store_true", help="same as --format json")
     pr.add_argument("--top-k", type=cli_type("top_k"), default=1,
-                    help="show the K most likely classes (at least 1; more than the model has: all of them)")
-    pr.add_argument("--json", action="store_true")
+                    help="also show the K most probable classes (at least 1)")
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="neither-score threshold above which a picture is answered 'unknown' "
+                         "(default: the one calibrated when the run was trained)")
+    pr.add_argument("--batch-size", type=int, default=32, help="pictures decoded and run together")
+
+    ex = sub.add_parser("export", help="write a deep-learning run as one ONNX file (runs without PyTorch)",
+                        epilog="The file holds the whole model (uint8 pictures in, probabilities and the "
+                               "neither score out) and, in its metadata, the classes, preprocessing and "
+                               "unknown-threshold. Parity with PyTorch is checked on sample pictures.")
+    ex.add_argument("run", type=Path)
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", type=Path, default=None, help="file to write (default: RUN/model.onnx)")
 
     sv = sub.add_parser("serve", help="a web page and REST API for a run directory or an exported .onnx file",
                         epilog="Needs the serve extra (pip install 'pawsight[serve]'), not PyTorch. "
@@ -333,6 +353,8 @@ def run_command(args: argparse.Namespace) -> int:
         return compare_command(args)
     if args.command == "advise":
         return advise_command(args)
+    if args.command == "export":
+        return export_command(args)
     return predict_command(args)
 
 
@@ -400,7 +422,7 @@ def print_train_summary(info: dict[str, Any]) -> None:
 def evaluate_command(args: argparse.Namespace) -> int:
     from .api import evaluate
 
-    result = evaluate(args.run, args.data, split=args.split, save=not args.no_save)
+    result = evaluate(args.run, args.data, split=args.split, save=not args.no_save, threshold=args.threshold)
     if result.get("save_error"):
         print(f"note: the evaluation was not saved in {args.run} ({result['save_error']})", file=sys.stderr)
     if args.json:
@@ -418,6 +440,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     print("confusion matrix (rows: true class, columns: predicted):")
     for c, row in zip(names, result["confusion_matrix"], strict=True):
         print(f"  {c:<{width}}  " + "  ".join(f"{v:5d}" for v in row))
+    if result.get("threshold") is not None:
+        answered = result["accuracy_answered"]
+        print(f"answered 'unknown' (neither score > {result['threshold']:.3g}): {result['unknown']} of "
+              f"{result['n_images']}; accuracy of the labels given: "
+              + ("-" if answered is None else f"{answered:.2%}"))
     for s in result["skipped"]:
         print(f"skipped {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
     if result.get("saved"):
@@ -426,28 +453,19 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    """Exit 0: every picture labelled; 1: some inputs skipped (each named); 2: nothing labelled (no such
-    path, no pictures in the folders, or none readable)."""
-    from .api import predict
+    from .predict import predict_command as run
 
-    missing = [p for p in args.images if not os.path.lexists(p)]
-    if len(missing) == len(args.images):
-        raise PawsightError(f"no such file or folder: {', '.join(shown(p) for p in missing)}")
-    predictions, skipped = predict(args.run, args.images, top_k=args.top_k)
-    if args.json:
-        print(json.dumps({"predictions": predictions, "skipped": [s.to_dict() for s in skipped]}, indent=2))
-    else:
-        for p in predictions:
-            extra = "  ".join(f"{shown(t['label'])} {t['probability']:.3f}" for t in p["top"][1:])
-            print(f"{shown(p['path'])}\t{shown(p['label'])}\t{p['probability']:.3f}"
-                  + (f"\t{extra}" if extra else ""))
-        for s in skipped:
-            print(f"skipped {shown(s.path)}: {shown(s.reason)}", file=sys.stderr)
-    if not predictions:
-        where = ", ".join(shown(p) for p in args.images)
-        raise PawsightError(f"none of the {len(skipped)} file(s) in {where} is a readable picture" if skipped
-                            else f"no pictures found in {where}")
-    return EXIT_SKIPPED if skipped else EXIT_OK
+    return run(args)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from .export import PARITY_LIMIT, export_onnx
+
+    result = export_onnx(args.run, args.out)
+    print(f"wrote {shown(result['path'])} ({result['bytes'] / 2**20:.1f} MB)")
+    print(f"parity with PyTorch on {result['pictures']}: max |Δprobability| = {result['max_abs_diff']:.2e} "
+          f"(limit {PARITY_LIMIT:g}), max |Δscore| = {result['max_abs_diff_score']:.2e}")
+    return 0
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -236,19 +236,15 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, path: Path, threshold: float | None, batch_size: int = 16) -> None:
         try:
-            import onnx
-        except ImportError:  # pragma: no cover - onnx ships with the serve extra
-            onnx = None
-        try:
             blob = path.read_bytes()
         except OSError as exc:
             raise PawsightError(f"cannot read {path}: {exc.strerror or exc}") from None
-        meta = _onnx_metadata(blob, onnx, path)
         try:
             self.session = onnx_session(blob)
-        except Exception as exc:  # noqa: BLE001 - a damaged file is one sentence
-            raise PawsightError(f"{path} cannot be run by ONNX Runtime: {str(exc).splitlines()[0][:200]}"
-                                ) from None
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is one sentence
+            raise PawsightError(f"{path} is not an ONNX model that ONNX Runtime can run "
+                                f"({(str(exc).splitlines() or [''])[0][:160]})") from None
+        meta = _onnx_metadata(self.session, path)
         try:
             self.approach = str(meta["approach"])
             self.classes_ = [str(c) for c in meta["classes"]]
@@ -268,29 +264,15 @@ class OnnxPredictor(Predictor):
         return proba, (score if self.has_score else None)
 
 
-def _onnx_metadata(blob: bytes, onnx: Any, path: Path) -> dict[str, Any]:
-    text = None
-    if onnx is not None:
-        try:
-            model = onnx.load_model_from_string(blob, load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - not ONNX at all: one sentence
-            raise PawsightError(f"{path} is not an ONNX model ({type(exc).__name__})") from None
-        text = next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
-    else:
-        import onnxruntime as ort
-
-        try:
-            session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-        except Exception:  # noqa: BLE001
-            raise PawsightError(f"{path} is not an ONNX model") from None
-        text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+def _onnx_metadata(session: Any, path: Path) -> dict[str, Any]:
+    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
     if text is None:
         raise PawsightError(f"{path} is an ONNX model but not one exported by 'pawsight export' (no "
                             f"'{ONNX_METADATA_KEY}' metadata)")
     try:
         meta = json.loads(text)
     except ValueError:
-        raise PawsightError(f"{path} has damaged pawsight metadata") from None
+        meta = None
     if not isinstance(meta, dict):
         raise PawsightError(f"{path} has damaged pawsight metadata")
     return meta

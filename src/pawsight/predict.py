@@ -1,0 +1,183 @@
+"""`pawsight predict`: label pictures from files, folders, glob patterns or stdin, streaming.
+
+Inputs are expanded lazily (folders walked with os.scandir as they are read, globs with glob.iglob, stdin line
+by line), read in batches by a thread pool while the model runs the previous batch on ONNX Runtime (both
+cores), and each batch's answers are written before the next is read: memory stays flat on a folder of a
+million files, and the first answers appear at once. Labels come from `inference.decide` like everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from .data import Skip, is_hidden
+from .errors import EXIT_OK, EXIT_SKIPPED, PawsightError, shown
+from .images import IMAGE_SUFFIXES
+
+GLOB_CHARS = set("*?[")
+
+
+def iter_inputs(items: list[str], stdin: TextIO | None = None) -> Iterator[str | Skip]:
+    """Every file named by `items`, lazily: files as given, folders recursively (hidden entries skipped,
+    symlink loops cut), glob patterns expanded, "-" = one path per line on stdin."""
+    for item in items:
+        if item == "-":
+            for line in stdin if stdin is not None else sys.stdin:
+                line = line.rstrip("\r\n")
+                if line and Path(line).is_dir():
+                    yield from walk(Path(line))
+                elif line:
+                    yield line  # literal paths: no glob expansion for what a program printed
+            continue
+        path = Path(item)
+        if path.is_dir():
+            yield from walk(path)
+        elif os.path.lexists(item):
+            yield item
+        elif GLOB_CHARS & set(item):
+            matched = False
+            for found in glob.iglob(item, recursive=True):
+                matched = True
+                if Path(found).is_dir():
+                    yield from walk(Path(found))
+                else:
+                    yield found
+            if not matched:
+                yield Skip(item, "no file matches this pattern")
+        else:
+            yield Skip(item, "no such file or folder")
+
+
+def walk(folder: Path, seen: set[str] | None = None) -> Iterator[str | Skip]:
+    """Files below `folder` in filesystem order, streamed (a folder is never listed whole in memory)."""
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)
+    if real in seen:
+        yield Skip(str(folder), "symlink loop (folder already visited)")
+        return
+    seen.add(real)
+    try:
+        entries = os.scandir(folder)
+    except OSError as exc:
+        yield Skip(str(folder), f"cannot list folder: {exc.strerror or exc}")
+        return
+    with entries:
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                yield entry.path
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Skip(entry.path, "is a directory, not an image file")
+            else:
+                yield from walk(Path(entry.path), seen)
+
+
+def predict_stream(predictor: Any, inputs: Iterator[str | Skip], batch_size: int = 32
+                   ) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """(path, record, None) or (path, None, reason) per input, in input order."""
+    from .inference import predict_files
+
+    pending: list[str] = []
+
+    def flush() -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+        yield from predict_files(predictor, list(pending), batch_size=batch_size)
+        pending.clear()
+
+    for item in inputs:
+        if isinstance(item, Skip):
+            yield from flush()
+            yield item.path, None, item.reason
+        else:
+            pending.append(item)
+            if len(pending) >= batch_size * 8:  # several batches per call keep the decode pipeline full
+                yield from flush()
+    yield from flush()
+
+
+class Writer:
+    """table / json (one object per line) / csv rows on stdout; reasons for skipped files on stderr."""
+
+    def __init__(self, fmt: str, classes: list[str], top_k: int, out: TextIO) -> None:
+        self.fmt, self.classes, self.top_k, self.out = fmt, classes, max(1, top_k), out
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["path", "label", "probability", *[f"p_{c}" for c in classes], "unknown_score",
+                               "error"])
+
+    def top(self, record: dict[str, Any]) -> list[tuple[str, float]]:
+        ranked = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
+        return ranked[:self.top_k]
+
+    def answer(self, path: str, record: dict[str, Any]) -> None:
+        if self.fmt == "json":
+            obj = {"path": path, **record}
+            if self.top_k > 1:
+                obj["top"] = [{"label": c, "probability": p} for c, p in self.top(record)]
+            self.out.write(json.dumps(obj) + "\n")
+        elif self.csv is not None:
+            score = record["unknown_score"]
+            self.csv.writerow([path, record["label"], f"{record['probability']:.6f}",
+                               *[f"{record['probabilities'][c]:.6f}" for c in self.classes],
+                               "" if score is None else f"{score:.6f}", ""])
+        else:
+            extra = "  ".join(f"{c} {p:.3f}" for c, p in self.top(record)[1:])
+            self.out.write(f"{shown(path)}\t{record['label']}\t{record['probability']:.3f}"
+                           + (f"\t{extra}" if extra else "") + "\n")
+
+    def skipped(self, path: str, reason: str) -> None:
+        if self.fmt == "json":
+            self.out.write(json.dumps({"path": path, "error": reason}) + "\n")
+        elif self.csv is not None:
+            self.csv.writerow([path, "", "", *["" for _ in self.classes], "", reason])
+        print(f"skipped {shown(path)}: {reason}", file=sys.stderr)
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from .inference import load
+    from .progress import bar
+
+    fmt = "json" if args.json else (args.format or "table")
+    if args.top_k < 1:
+        raise PawsightError("--top-k must be at least 1")
+    if args.batch_size < 1:
+        raise PawsightError("--batch-size must be at least 1")
+    if args.images.count("-") > 1:
+        raise PawsightError("'-' (paths on stdin) can be given only once")
+    missing = [p for p in args.images if p != "-" and not GLOB_CHARS & set(p) and not os.path.lexists(p)]
+    if len(missing) == len(args.images):
+        raise PawsightError(f"no such file or folder: {', '.join(shown(p) for p in missing)}")
+    predictor = load(args.run, threshold=args.threshold)
+    writer = Writer(fmt, predictor.classes_, args.top_k, sys.stdout)
+    n_skipped = n_labelled = 0
+    try:
+        with bar(total=None, desc="predicting", unit="img") as progress:
+            for path, record, reason in predict_stream(predictor, iter_inputs(args.images), args.batch_size):
+                if record is None:
+                    n_skipped += 1
+                    writer.skipped(path, str(reason))
+                else:
+                    n_labelled += 1
+                    writer.answer(path, record)
+                progress.update(1)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `pawsight predict ... | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    if not n_labelled:  # nothing labelled is a usage error (exit 2), as for any other command
+        where = ", ".join(shown(p) for p in args.images)
+        raise PawsightError(f"none of the {n_skipped} file(s) in {where} is a readable picture" if n_skipped
+                            else f"no pictures found in {where}")
+    return EXIT_SKIPPED if n_skipped else EXIT_OK

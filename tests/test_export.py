@@ -1,0 +1,109 @@
+"""`pawsight export`: one ONNX file per deep run (frozen transfer, fine-tuned transfer, scratch) that answers
+like the PyTorch model (max |Δp| <= 1e-4) and runs without PyTorch; classical runs are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import pawsight
+from pawsight import api, cli
+from pawsight.errors import PawsightError
+from pawsight.export import export_onnx
+from pawsight.inference import ONNX_METADATA_KEY, OnnxPredictor
+
+
+def validation_files(tiny: Path) -> list[Path]:
+    cats, dogs = (sorted((tiny / "validation" / c).iterdir())[:5] for c in ("cats", "dogs"))
+    return cats + dogs
+
+
+def assert_same_answers(run: Path, onnx_file: Path, tiny: Path) -> None:
+    from_run, from_file = pawsight.load(run), pawsight.load(onnx_file)
+    assert isinstance(from_file, OnnxPredictor)
+    assert from_file.classes_ == from_run.classes_ and from_file.preprocessing == from_run.preprocessing
+    assert from_file.threshold == from_run.threshold
+    files = validation_files(tiny)
+    np.testing.assert_allclose(from_file.predict_proba(files), from_run.predict_proba(files), atol=1e-4)
+    assert from_file.predict(files) == from_run.predict(files)
+
+
+def test_frozen_transfer_export_matches_pytorch_and_carries_its_metadata(transfer_run, tiny, tmp_path,
+                                                                         capsys) -> None:
+    out = tmp_path / "cats-dogs.onnx"
+    assert cli.main(["export", str(transfer_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max |Δprobability|" in printed and "pictures from" in printed  # real pictures, not synthetic
+    diff = float(printed.split("max |Δprobability| = ")[1].split()[0])
+    assert diff <= 1e-4
+    meta = json.loads(next(p.value for p in onnx.load(str(out)).metadata_props if p.key == ONNX_METADATA_KEY))
+    assert meta["classes"] == ["cats", "dogs"] and meta["approach"] == "transfer"
+    assert meta["preprocessing"] == {"size": 224, "mode": "center-crop"} and "neither" in meta
+    graph = onnx.load(str(out)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [o.name for o in graph.output] == ["probabilities", "unknown_score"]
+    assert_same_answers(transfer_run, out, tiny)
+
+
+def test_the_exported_file_predicts_and_evaluates_without_torch(transfer_run, tiny, tmp_path) -> None:
+    out = tmp_path / "model.onnx"
+    export_onnx(transfer_run, out)
+    code = ("import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+            "from pawsight import cli\n"
+            "sys.exit(cli.main(['predict', sys.argv[1], *sys.argv[2:]]))")
+    files = [str(f) for f in validation_files(tiny)[:2]]
+    done = subprocess.run([sys.executable, "-c", code, str(out), *files], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("cats") >= 2
+    result = api.evaluate(out, tiny)
+    assert result["accuracy"] >= 0.85 and result["run"] == str(out)
+
+
+def test_default_output_is_inside_the_run_and_reexport_replaces_only_its_own_file(transfer_run,
+                                                                                  tmp_path) -> None:
+    foreign = tmp_path / "precious.onnx"
+    foreign.write_bytes(b"someone else's file")
+    with pytest.raises(PawsightError, match="not written by 'pawsight export'"):
+        export_onnx(transfer_run, foreign)
+    assert foreign.read_bytes() == b"someone else's file"
+    with pytest.raises(PawsightError, match=".onnx"):
+        export_onnx(transfer_run, tmp_path / "model.bin")
+    first = export_onnx(transfer_run, tmp_path / "again.onnx")
+    second = export_onnx(transfer_run, tmp_path / "again.onnx")  # our own file: replaced
+    assert first["bytes"] == second["bytes"]
+
+
+def test_scratch_export_matches_pytorch(scratch_run, tiny, tmp_path) -> None:
+    result = export_onnx(scratch_run, tmp_path / "scratch.onnx")
+    assert result["max_abs_diff"] <= 1e-4 and result["n_pictures"] > 0
+    assert_same_answers(scratch_run, tmp_path / "scratch.onnx", tiny)
+
+
+@pytest.mark.slow
+def test_finetuned_transfer_export_matches_pytorch(tiny, tmp_path) -> None:
+    run = tmp_path / "ft"
+    api.train(tiny, out=run, mode="finetune", size=96, epochs=1, batch_size=16, device="cpu")
+    result = export_onnx(run, tmp_path / "ft.onnx")
+    assert result["max_abs_diff"] <= 1e-4
+    assert_same_answers(run, tmp_path / "ft.onnx", tiny)
+
+
+def test_classical_runs_are_refused_in_one_line(classical_run, capsys) -> None:
+    assert cli.main(["export", str(classical_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "classical runs are not exported" in err
+    assert not (classical_run / "model.onnx").exists()
+
+
+def test_a_file_that_is_not_a_pawsight_export_is_refused(tmp_path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(PawsightError, match="not an ONNX model"):
+        pawsight.load(junk)
