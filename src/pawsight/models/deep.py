@@ -42,7 +42,8 @@ class ImageModel(nn.Module):
         self.neither = neither
         self.n_classes = int(head.out_features)
 
-    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    def views(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """(probabilities, features), each averaged over the TTA views."""
         x = self.normalize(pixels)
         k = self.n_classes
 
@@ -51,9 +52,21 @@ class ImageModel(nn.Module):
             return torch.cat([torch.softmax(self.head(f), dim=1), f], dim=1)
 
         both = flip_average(view, x, self.tta)
-        proba, feats = both[:, :k], both[:, k:]
+        return both[:, :k], both[:, k:]
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        proba, feats = self.views(pixels)
         score = self.neither(feats) if self.neither is not None else torch.zeros_like(proba[:, 0])
         return proba, score
+
+
+@torch.inference_mode()
+def embed_pictures(module: ImageModel, X: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The features the neither score sees (TTA views averaged) of uint8 pictures, eager, in batches."""
+    module.eval()
+    parts = [module.views(torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], np.uint8)))[1].numpy()
+             for i in range(0, len(X), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 class Embedding(nn.Module):

@@ -88,7 +88,8 @@ class ScratchCNN(ImageClassifier):
     def __init__(self, size: int | None = None, crop: int | None = None, mode: str = "squash",
                  width: int = 16, depth: int = 1, epochs: int | None = None, time_budget: float | None = None,
                  batch_size: int | None = None, lr: float | None = None, weight_decay: float = 5e-4,
-                 ema: bool = True, device: str | None = None, tta: bool | None = None, seed: int = 0) -> None:
+                 ema: bool = True, device: str | None = None, tta: bool | None = None, seed: int = 0,
+                 neither: bool = True) -> None:
         self.size = size
         self.crop = crop
         self.mode = mode
@@ -103,6 +104,7 @@ class ScratchCNN(ImageClassifier):
         self.device = device
         self.tta = tta
         self.seed = seed
+        self.neither = neither
 
     # -- resolved settings -------------------------------------------------------------------------------
     @property
@@ -156,6 +158,12 @@ class ScratchCNN(ImageClassifier):
         result = fit_network(self.net_, X, y, X_val, y_val, config=config, augment=BatchAugment(self._crop()),
                              normalize=self.normalize_, run_dir=run_dir)
         self.history_ = result.history
+        self.neither_ = None
+        if self.neither:
+            from .deep import embed_pictures
+            from .neither import fit_neither
+
+            self.neither_ = fit_neither(embed_pictures(self.inference_module(), X), y, seed=int(self.seed))
         self.best_epoch_ = result.best_epoch
         self.interrupted_ = result.interrupted
         self.timings_ = {"train": round(time.perf_counter() - t0, 3),
@@ -191,7 +199,13 @@ class ScratchCNN(ImageClassifier):
         from ..training import cpu_state
 
         directory = Path(directory)
-        data = st_save(cpu_state(self.net_), metadata={"format": str(FORMAT), "architecture": ARCHITECTURE})
+        tensors = cpu_state(self.net_)
+        neither = getattr(self, "neither_", None)
+        if neither is not None:
+            from .neither import to_tensors
+
+            tensors.update(to_tensors(neither))
+        data = st_save(tensors, metadata={"format": str(FORMAT), "architecture": ARCHITECTURE})
         write_model_files(directory, data, {
             "format": FORMAT, "approach": self.approach,
             "architecture": {"name": ARCHITECTURE, "n_classes": len(self.classes_), "width": self.width,
@@ -201,6 +215,7 @@ class ScratchCNN(ImageClassifier):
             "params": {k: v for k, v in self.get_params().items()},
             "best_epoch": getattr(self, "best_epoch_", None),
             "interrupted": getattr(self, "interrupted_", False),
+            "neither": neither.describe() if neither is not None else None,
         })
 
     @classmethod
@@ -225,11 +240,17 @@ class ScratchCNN(ImageClassifier):
             model.size, model.mode = prep.size, prep.mode
             model.width, model.depth = int(arch["width"]), int(arch["depth"])
             net = build_network(len(classes), model.width, model.depth)
-            net.load_state_dict(st_load(data), strict=True)
+            tensors = st_load(data)
+            weights = {k: v for k, v in tensors.items() if not k.startswith("neither.")}
+            net.load_state_dict(weights, strict=True)
+            from .neither import from_saved
+
+            neither = from_saved(meta.get("neither"), tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise PawsightError(f"the scratch model in {directory} is incompatible or damaged: "
                                 f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from None
         model.classes_, model.normalize_, model.net_ = classes, (mean, std), net.eval()
+        model.neither_ = neither
         model.best_epoch_, model.interrupted_ = meta.get("best_epoch"), bool(meta.get("interrupted", False))
         return model
 

@@ -52,7 +52,7 @@ class TransferClassifier(ImageClassifier):
     def __init__(self, model: str = DEFAULT_BACKBONE, mode: str = "frozen", weights: str | Path | None = None,
                  size: int | None = None, epochs: int | None = None, time_budget: float | None = None,
                  batch_size: int | None = None, lr: float | None = None, device: str | None = None,
-                 tta: bool | None = None, seed: int = 0, engine: str = "auto") -> None:
+                 tta: bool | None = None, seed: int = 0, engine: str = "auto", neither: bool = True) -> None:
         self.model = model
         self.mode = mode
         self.weights = weights
@@ -65,6 +65,7 @@ class TransferClassifier(ImageClassifier):
         self.tta = tta
         self.seed = seed
         self.engine = engine
+        self.neither = neither
 
     # -- configuration -----------------------------------------------------------------------------------
     @property
@@ -116,7 +117,22 @@ class TransferClassifier(ImageClassifier):
             self._fit_frozen(X, y)
         else:
             self._fit_finetune(X, y, X_val, y_val, run_dir)
+        self.neither_ = None
+        if self.neither:
+            t = time.perf_counter()
+            self.neither_ = self._fit_neither(X, y)
+            self.timings_["neither"] = time.perf_counter() - t
         return self
+
+    def _fit_neither(self, X: np.ndarray, y: np.ndarray):
+        """The neither score on the training pictures' features as the inference module sees them (TTA views
+        averaged), from the feature cache (frozen: already computed for the head)."""
+        from .neither import fit_neither
+
+        feats = self._features(X)
+        if self._use_tta():
+            feats = (feats + self._features(X, flip=True)) / 2
+        return fit_neither(feats, y, seed=int(self.seed))
 
     def _fit_frozen(self, X: np.ndarray, y: np.ndarray, flip: bool | None = None) -> None:
         t = time.perf_counter()
@@ -238,6 +254,11 @@ class TransferClassifier(ImageClassifier):
         tensors = {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
         tensors["head.weight"] = torch.from_numpy(np.ascontiguousarray(self.head_weight_, np.float32))
         tensors["head.bias"] = torch.from_numpy(np.ascontiguousarray(self.head_bias_, np.float32))
+        neither = getattr(self, "neither_", None)
+        if neither is not None:
+            from .neither import to_tensors
+
+            tensors.update(to_tensors(neither))
         blob = save(tensors)
         prep = self.preprocessing_
         description = {
@@ -250,6 +271,7 @@ class TransferClassifier(ImageClassifier):
             "head": {"type": "linear", "in_features": int(self.head_weight_.shape[1]),
                      "out_features": int(self.head_weight_.shape[0]), "C": getattr(self, "C_", None)},
             "tta": self._use_tta(),
+            "neither": neither.describe() if neither is not None else None,
         }
         write_model_files(directory, blob, description)
 
@@ -285,6 +307,9 @@ class TransferClassifier(ImageClassifier):
                                 f"{spec.num_features} features")
         model.net_, model.spec_ = net, spec
         model.head_weight_, model.head_bias_ = weight, bias
+        from .neither import from_saved
+
+        model.neither_ = from_saved(d.get("neither"), tensors)
         model.C_ = d.get("head", {}).get("C")
         return model
 

@@ -1,0 +1,116 @@
+"""The "neither" answer: a score of how unlike every training picture a picture is, fitted and calibrated at
+training time, so a cat/dog model shown a car can answer "unknown".
+
+Score (chosen by measurement, `./run.sh bench neither`): cosine k-nearest-neighbour distance in the network's
+feature space (the pooled features the head sees), to the training pictures:
+
+    score(x) = (1 - mean of the k largest cosine similarities of f(x) to the training features) / scale
+
+`scale` is the calibrated threshold of the raw distance, so the default threshold is 1.0 for every run and a
+score of 2 means "twice as far as the calibrated limit".
+
+Calibration uses the training pictures only (never validation, never pictures of other things): each picture
+is scored against the OTHER folds of a k-fold split of the training set (cross-validated distances), which
+measures how far a new picture of the same classes falls from the training pictures. The threshold is the
+`QUANTILE` of those distances times `MARGIN`: new collections (other cameras, other JPEG encoders, other
+breeds) sit farther from the training pictures than held-out pictures of the same collection do, and the
+margin buys that room.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+K = 5             # neighbours averaged
+QUANTILE = 0.99   # of the cross-validated training distances
+MARGIN = 1.2      # room for other collections of the same classes
+FOLDS = 5
+MAX_BANK = 20000  # training features kept (evenly spaced beyond this)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    """1 - mean of the k largest cosine similarities of each (unit) query row to the (unit) bank rows."""
+    k = max(1, min(int(k), len(bank)))
+    out = np.empty(len(queries))
+    for i in range(0, len(queries), 512):
+        sim = queries[i:i + 512] @ bank.T
+        out[i:i + 512] = 1 - np.partition(sim, -k, axis=1)[:, -k:].mean(1)
+    return out
+
+
+def cross_validated_distances(Z: np.ndarray, y: np.ndarray, k: int, folds: int = FOLDS,
+                              seed: int = 0) -> np.ndarray:
+    """The distance of each training picture to the training pictures of the other folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    folds = int(min(folds, counts[counts > 0].min()))
+    out = np.zeros(len(Z))
+    if folds < 2:
+        return out
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(Z, y):
+        out[held] = knn_distance(Z[held], Z[fit], k)
+    return out
+
+
+class NeitherScore(nn.Module):
+    """features (n, d) -> neither score (n,); 1.0 = the calibrated threshold. Lives inside ImageModel."""
+
+    def __init__(self, bank: np.ndarray, k: int, scale: float, threshold: float = 1.0,
+                 stats: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("bank", torch.from_numpy(np.ascontiguousarray(bank, np.float32)))
+        self.k = int(k)
+        self.scale = float(scale)
+        self.threshold = float(threshold)
+        self.stats = dict(stats or {})
+
+    def forward(self, features: Tensor) -> Tensor:
+        z = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = z @ self.bank.T
+        top = torch.topk(sim, min(self.k, self.bank.shape[0]), dim=1).values.mean(1)
+        return (1 - top) / self.scale
+
+    def describe(self) -> dict[str, Any]:
+        """What model.json and the ONNX metadata say about it (the tensors go to safetensors)."""
+        return {"score": "cosine-knn", "k": self.k, "scale": self.scale, "threshold": self.threshold,
+                "bank": list(self.bank.shape), **self.stats}
+
+
+def fit_neither(features: np.ndarray, y: np.ndarray, seed: int = 0, k: int = K, quantile: float = QUANTILE,
+                margin: float = MARGIN) -> NeitherScore:
+    """Fit the score on training features (one row per picture) and calibrate its threshold by
+    cross-validation on them (see the module docstring)."""
+    Z = unit(features)
+    y = np.asarray(y, np.int64)
+    cv = cross_validated_distances(Z, y, k, seed=seed)
+    raw = float(np.quantile(cv, quantile)) * margin if cv.any() else 1.0
+    raw = max(raw, 1e-6)
+    if len(Z) > MAX_BANK:
+        Z = Z[np.linspace(0, len(Z) - 1, MAX_BANK).astype(int)]
+    stats = {"calibration": f"{quantile:.3g} quantile of {FOLDS}-fold cross-validated training distances "
+                            f"x {margin:g}",
+             "cv_distance_quantiles": {str(q): round(float(np.quantile(cv, q)), 6) for q in (0.5, 0.9, 0.99)}}
+    return NeitherScore(Z, k, raw, 1.0, stats)
+
+
+def to_tensors(neither: NeitherScore) -> dict[str, Tensor]:
+    return {"neither.bank": neither.bank.detach().cpu().contiguous()}
+
+
+def from_saved(description: dict[str, Any] | None, tensors: dict[str, Tensor]) -> NeitherScore | None:
+    """The NeitherScore saved by `to_tensors` + `describe()`, or None for runs trained without one."""
+    if not description or "neither.bank" not in tensors:
+        return None
+    stats = {k: v for k, v in description.items() if k not in ("score", "k", "scale", "threshold", "bank")}
+    return NeitherScore(tensors["neither.bank"].float().numpy(), int(description["k"]),
+                        float(description["scale"]), float(description.get("threshold", 1.0)), stats)
