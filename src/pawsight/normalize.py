@@ -19,7 +19,11 @@ from torch import Tensor, nn
 
 def pixels_to_float(images: Tensor | np.ndarray, device: torch.device | str | None = None) -> Tensor:
     """uint8 (n, H, W, 3) -> float (n, 3, H, W) in [0, 1]; the memory stays NHWC, i.e. channels_last."""
-    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        arr = np.ascontiguousarray(images)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # e.g. a read-only memory map
+    else:
+        x = images
     if device is not None:
         x = x.to(device)
     return x.permute(0, 3, 1, 2).float().div(255.0)
