@@ -83,7 +83,7 @@ def test_multipart_raw_and_several_files_agree_with_cli_predict(server: httpx.Cl
     cli = subprocess.run([sys.executable, "-m", "pawsight", "predict", str(classical_run),
                           *map(str, photos), "--json"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
-    expected = {Path(p["path"]).name: p for p in json.loads(cli.stdout)["predictions"]}
+    expected = {Path(p["path"]).name: p for p in map(json.loads, cli.stdout.splitlines())}  # JSON lines
     for r in records:
         assert r["label"] == expected[r["file"]]["label"]
         assert r["probability"] == pytest.approx(expected[r["file"]]["probability"], abs=1e-6)
@@ -305,7 +305,7 @@ def check_predict_and_serve_without_torch(target: Path, photos: list[Path], tmp_
     cli = subprocess.run([sys.executable, "-m", "pawsight", "predict", str(target), *map(str, photos),
                           "--json"], capture_output=True, text=True, timeout=300, env=env)
     assert cli.returncode == 0, cli.stderr
-    expected = {Path(p["path"]).name: p["label"] for p in json.loads(cli.stdout)["predictions"]}
+    expected = {Path(p["path"]).name: p["label"] for p in map(json.loads, cli.stdout.splitlines())}
     assert len(expected) == len(photos)
     proc, url = serve_in_subprocess(target, env)
     try:
