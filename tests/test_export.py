@@ -54,7 +54,12 @@ def test_frozen_transfer_export_matches_pytorch_and_carries_its_metadata(transfe
 def test_the_exported_file_predicts_and_evaluates_without_torch(transfer_run, tiny, tmp_path) -> None:
     out = tmp_path / "model.onnx"
     export_onnx(transfer_run, out)
-    code = ("import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+    code = ("import sys\n"
+            "class Block:\n"  # any 'import torch' now fails (sys.modules['torch'] = None would upset scipy)
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
             "from pawsight import cli\n"
             "sys.exit(cli.main(['predict', sys.argv[1], *sys.argv[2:]]))")
     files = [str(f) for f in validation_files(tiny)[:2]]
