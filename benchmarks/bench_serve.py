@@ -7,8 +7,9 @@ request.
 Each server runs in its own process on 127.0.0.1 (a free port) and is sent multipart uploads of ~500x375
 JPEGs from the data folder (cycled, the same sequence for every server): first by 1 client (latency), then
 by 16 concurrent clients (throughput, errors, latency). Three servers:
-- `pawsight serve RUN` (decode + the run's Preprocessing in request threads, micro-batched model thread);
-- the same with `--max-batch 1` (no micro-batching), to show whether batching earns its place;
+- `pawsight serve RUN` (decode + the run's Preprocessing in request threads, one model thread per core);
+- the same with `--max-batch 16` (micro-batching), to show whether batching earns its place;
+- `pawsight serve RUN.onnx`: the run exported, as served without PyTorch;
 - "plain": PIL open, torchvision Resize/CenterCrop/ToTensor/Normalize, the run's network in eager PyTorch,
   batch 1, in a plain synchronous FastAPI endpoint.
 The server's resident memory is sampled every 0.25 s during each phase (start, peak and end are shown), and
@@ -258,6 +259,15 @@ def default_run(data: Path) -> Path:
     return run
 
 
+def exported(run: Path) -> Path:
+    """The run exported to ONNX (what a torch-free server would serve), written once next to the run."""
+    out = run.parent / f"{run.name}.onnx"
+    if not out.is_file():
+        subprocess.run([sys.executable, "-m", "pawsight", "export", str(run), "--out", str(out)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), stdout=subprocess.DEVNULL)
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench serve", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -266,7 +276,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plain-requests", type=int, default=None,
                         help="requests per phase for the plain server (default: --requests)")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--servers", default="pawsight,pawsight-no-batching,plain")
+    parser.add_argument("--servers", default="pawsight,pawsight-batch16,pawsight-onnx,plain")
     parser.add_argument("--plain-server", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -279,10 +289,12 @@ def main(argv: list[str]) -> int:
     print(f"run: {run}  pictures: {len(payloads)} JPEGs of ~500x375 from {args.data}/validation  "
           f"cores: {len(os.sched_getaffinity(0))}  load average at start: {os.getloadavg()[0]:.2f}\n",
           flush=True)
+    serve = [sys.executable, "-m", "pawsight", "serve"]
     commands = {
-        "pawsight": [sys.executable, "-m", "pawsight", "serve", str(run)],
-        "pawsight-no-batching": [sys.executable, "-m", "pawsight", "serve", str(run), "--max-batch", "1"],
-        "plain": [sys.executable, str(Path(__file__).resolve()), "--plain-server", str(run)],
+        "pawsight": lambda: [*serve, str(run)],
+        "pawsight-batch16": lambda: [*serve, str(run), "--max-batch", "16"],
+        "pawsight-onnx": lambda: [*serve, str(exported(run))],
+        "plain": lambda: [sys.executable, str(Path(__file__).resolve()), "--plain-server", str(run)],
     }
     rows = ["| server | clients | requests | errors | requests/s | p50 ms | p99 ms | server CPU ms/request "
             "| server RSS MB start / peak / end |",
@@ -293,12 +305,12 @@ def main(argv: list[str]) -> int:
         if name not in commands:
             print(f"unknown server {name!r}; choose from {', '.join(commands)}", file=sys.stderr)
             return 2
-        server = Server(name, commands[name], logdir / f"pawsight-bench-serve-{name}.log")
+        server = Server(name, commands[name](), logdir / f"pawsight-bench-serve-{name}.log")
         try:
             server.wait()
             asyncio.run(load_test(server.url, payloads, 32, 4))  # warm-up: sessions, threads, caches
             n = args.plain_requests if name == "plain" and args.plain_requests else args.requests
-            phases = [args.clients] if name == "pawsight-no-batching" else [1, args.clients]
+            phases = [1, args.clients] if name in ("pawsight", "plain") else [args.clients]
             for clients in phases:
                 thread = server.sample()
                 cpu = server.cpu_seconds()
@@ -323,9 +335,9 @@ def main(argv: list[str]) -> int:
         print(f"pawsight / plain throughput with {c} clients: {ratio:.2f}x (goal >= 4x)")
         cpu = results[("plain", c)]["cpu"] / results[("pawsight", c)]["cpu"]
         print(f"server CPU time per request with {c} clients, plain / pawsight: {cpu:.2f}x")
-    if ("pawsight", c) in results and ("pawsight-no-batching", c) in results:
-        ratio = results[("pawsight", c)]["rps"] / results[("pawsight-no-batching", c)]["rps"]
-        print(f"micro-batching on / off throughput with {c} clients: {ratio:.2f}x")
+    if ("pawsight", c) in results and ("pawsight-batch16", c) in results:
+        ratio = results[("pawsight-batch16", c)]["rps"] / results[("pawsight", c)]["rps"]
+        print(f"micro-batching (--max-batch 16) on / off throughput with {c} clients: {ratio:.2f}x")
     print(f"load average at end: {os.getloadavg()[0]:.2f} (the 2 cores are shared with other work; the "
           "client runs on the same cores as the server)")
     return 0

@@ -26,15 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def classical_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import pawsight
-
-    out = tmp_path_factory.mktemp("serve") / "classical"
-    pawsight.train(tiny, approach="classical", out=out, features="hog,color")
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(classical_run: Path):
     app = create_app(classical_run, max_upload_mb=2)
     with background_server(app) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -324,6 +315,21 @@ def check_predict_and_serve_without_torch(target: Path, photos: list[Path], tmp_
 def test_classical_run_predicts_and_serves_without_torch(classical_run: Path, photos: list[Path],
                                                          tmp_path: Path) -> None:
     check_predict_and_serve_without_torch(classical_run, photos, tmp_path)
+
+
+@pytest.mark.slow
+def test_exported_transfer_run_predicts_and_serves_without_torch(transfer_run: Path, photos: list[Path],
+                                                                 tmp_path: Path) -> None:
+    from pawsight.export import export_onnx
+
+    model = tmp_path / "cats-dogs.onnx"
+    export_onnx(transfer_run, model)
+    check_predict_and_serve_without_torch(model, photos, tmp_path)
+    with_torch = create_app(transfer_run).state.predictor.predict(photos)
+    blocked = subprocess.run([sys.executable, "-m", "pawsight", "predict", str(model), *map(str, photos),
+                              "--format", "json"], capture_output=True, text=True, timeout=300,
+                             env=without_torch(tmp_path / "blocked"))
+    assert [json.loads(line)["label"] for line in blocked.stdout.splitlines()] == with_torch
 
 
 def test_listening_socket_says_tcp_so_answers_are_not_delayed() -> None:

@@ -4,9 +4,10 @@ The server is thin on purpose: it checks and decodes uploads (images.open_rgb + 
 Preprocessing), hands the pixels to `pawsight.inference` and returns its records as JSON. It never decides a
 label or normalises pixels itself, so the page, the API, the CLI and Python give the same answer.
 
-Concurrent requests are micro-batched: a single worker thread runs the model; whatever requests queued up
-while it was busy go into its next call as one batch (`max_batch=1` turns this off). Decoding runs in the
-request threads, in parallel with the model.
+The model runs in one thread per core (ONNX Runtime on one thread each); with `max_batch` > 1, requests that
+queued up while those threads were busy go into their next call as one batch (micro-batching, off by
+default: it did not pay here, see DEFAULT_MAX_BATCH). Decoding runs in the request threads, in parallel
+with the model.
 
 No PyTorch is imported here: a classical run or an exported .onnx file serves with the `serve` extra only.
 """
@@ -34,12 +35,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__
-from ..images import MAX_PIXELS, ImageError, open_rgb
+from ..images import MAX_PIXELS, ImageError
+from ..inference import read_image
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_FILES = 32
-DEFAULT_MAX_BATCH = 16
+# Micro-batching off by default: measured under load with one-thread sessions in one model thread per core,
+# batches of up to 16 gave no more throughput than single pictures, a higher p99 and +300 MB of memory
+# (benchmarks/bench_serve.py compares both; --max-batch turns it on).
+DEFAULT_MAX_BATCH = 1
 # A too-large body is read and thrown away up to this many bytes, so the client gets to read the 413
 # answer (a server that hangs up mid-upload looks like a network error); beyond it the connection closes.
 DRAIN_LIMIT = 256 * 2**20
@@ -54,13 +59,19 @@ class UploadRejected(Exception):
         self.status, self.message = status, message
 
 
+def default_workers() -> int:
+    """One model thread per core (each runs ONNX Runtime on one thread; see load_predictor)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                      (os.cpu_count() or 1), 8))
+
+
 def load_predictor(path: str | os.PathLike[str], threshold: float | None = None) -> Any:
-    """The predictor of a run directory or an exported .onnx file (pawsight.inference)."""
-    try:
-        from ..inference import load
-    except ImportError:  # TEMPORARY until pawsight.inference lands in main
-        from ._adapter import load
-    return load(path, threshold=threshold)
+    """The predictor of a run directory or an exported .onnx file, for a server: ONNX Runtime on one thread
+    per call, since requests run in parallel in the model threads (measured in benchmarks/bench_serve.py:
+    one-thread sessions in 2 workers beat one 2-thread session, whose threads wait on each other)."""
+    from ..inference import load
+
+    return load(path, threshold=threshold, threads=1)
 
 
 class MicroBatcher:
@@ -138,21 +149,25 @@ class MicroBatcher:
 
 def create_app(predictor_or_path: Any, *, threshold: float | None = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
-               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0, workers: int = 1) -> FastAPI:
+               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0,
+               workers: int | None = None) -> FastAPI:
     """The FastAPI app serving a predictor, or the run directory / .onnx file at `predictor_or_path`.
 
     `threshold` (only with a path) overrides the run's unknown-threshold. Uploads larger than `max_upload_mb`
     (the whole request body) or with more than `max_files` pictures are refused with 413; each picture may
     hold at most images.MAX_PIXELS pixels. `max_batch` caps a micro-batch (1 = one request at a time);
     `batch_wait_ms` lets the model wait that long for more requests before it starts a batch. `workers`
-    model threads run batches at the same time (the predictor must allow concurrent calls).
+    model threads run batches at the same time (default: one per core when loading from a path; 1 for a
+    predictor object, which may not allow concurrent calls).
     """
     if isinstance(predictor_or_path, str | os.PathLike):
         predictor = load_predictor(predictor_or_path, threshold)
+        workers = default_workers() if workers is None else workers
     elif threshold is not None:
         raise ValueError("threshold applies when loading from a path; load the predictor with it instead")
     else:
         predictor = predictor_or_path
+        workers = 1 if workers is None else workers
     max_bytes = int(max_upload_mb * 2**20)
     prep = predictor.preprocessing
     classes = [str(c) for c in predictor.classes_]
@@ -184,15 +199,13 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request", "details": jsonable(exc.errors())}, status_code=422)
 
-    def decode(name: str, data: bytes) -> np.ndarray:
-        """The model's input for one uploaded picture (the run's Preprocessing), or ImageError."""
-        return prep(open_rgb(name, min_size=prep.size, data=data))
-
     def decode_all(uploads: list[tuple[str, bytes]]) -> list[np.ndarray | str]:
+        """The model's input for each uploaded picture (inference's reader, the run's Preprocessing), or the
+        one-line reason it cannot be read."""
         out: list[np.ndarray | str] = []
-        for name, data in uploads:
+        for _, data in uploads:
             try:
-                out.append(decode(name, data))
+                out.append(read_image(data, prep))
             except ImageError as exc:
                 out.append(str(exc))
         return out
