@@ -89,7 +89,8 @@ def predictions(run: Path, pictures: Path) -> tuple[list[str], np.ndarray]:
     result = subprocess.run(command(["predict", str(run), str(pictures), "--json", "--top-k", "9"]),
                             capture_output=True, text=True, timeout=300, env=env())
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)["predictions"]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # one JSON object per picture
+    assert rows and all("error" not in r for r in rows)
     labels = [r["label"] for r in rows]
     proba = np.array([[t["probability"] for t in sorted(r["top"], key=lambda t: t["label"])] for r in rows])
     return labels, proba

@@ -133,8 +133,8 @@ class Writer:
                                *[f"{record['probabilities'][c]:.6f}" for c in self.classes],
                                "" if score is None else f"{score:.6f}", ""])
         else:
-            extra = "  ".join(f"{c} {p:.3f}" for c, p in self.top(record)[1:])
-            self.out.write(f"{shown(path)}\t{record['label']}\t{record['probability']:.3f}"
+            extra = "  ".join(f"{shown(c)} {p:.3f}" for c, p in self.top(record)[1:])
+            self.out.write(f"{shown(path)}\t{shown(record['label'])}\t{record['probability']:.3f}"
                            + (f"\t{extra}" if extra else "") + "\n")
 
     def skipped(self, path: str, reason: str) -> None:
@@ -142,7 +142,7 @@ class Writer:
             self.out.write(json.dumps({"path": path, "error": reason}) + "\n")
         elif self.csv is not None:
             self.csv.writerow([path, "", "", *["" for _ in self.classes], "", reason])
-        print(f"skipped {shown(path)}: {reason}", file=sys.stderr)
+        print(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
 
 
 def predict_command(args: argparse.Namespace) -> int:
