@@ -17,10 +17,16 @@ import pytest
 from pawsight.errors import EXIT_INTERRUPTED, EXIT_OK
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec:
+    # give the child the disposition a terminal user's pawsight has, whatever started the test run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_train(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "PAWSIGHT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "pawsight", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint)
 
 
 def interrupt_after_first_epoch(proc: subprocess.Popen[str], run: Path, sig: int,
