@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pawsight import api, cli
+from pawsight.errors import PawsightError
 from pawsight.report import plots
 from pawsight.report.explain import explain, feature_views, render, target_layer, torch_network
 from pawsight.report.html import SECTIONS, build_report
@@ -334,3 +335,30 @@ def test_report_command_and_saved_files(classical_run: tuple[Path, dict], tiny: 
     assert cli.main(["report", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: run directory not found")
     json.dumps(plots.load_evaluation(run, tiny)["predictions"])  # predictions are plain JSON
+
+
+def test_report_and_explain_never_replace_a_file_pawsight_did_not_write(tmp_path: Path) -> None:
+    """--out naming someone's own file is refused and the file is left as it was; pawsight's own output may be
+    replaced (the marker in the HTML head / the PNG Software chunk)."""
+    from pawsight.report.html import GENERATOR
+    from pawsight.report.plots import PNG_MARKER, new_figure, to_png
+    from pawsight.storage import refuse_foreign_file
+
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html>my notes</html>")
+    with pytest.raises(PawsightError, match="not written by pawsight"):
+        refuse_foreign_file(notes, GENERATOR.encode())
+    assert notes.read_text() == "<html>my notes</html>"
+    ours = tmp_path / "report.html"
+    ours.write_text(f"<!DOCTYPE html><html><head>{GENERATOR}</head></html>")
+    refuse_foreign_file(ours, GENERATOR.encode())  # pawsight's own report: may be replaced
+    fig, _ = new_figure(2, 2)
+    drawn = tmp_path / "map.png"
+    drawn.write_bytes(to_png(fig))
+    refuse_foreign_file(drawn, PNG_MARKER)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(PawsightError):
+        refuse_foreign_file(photo, PNG_MARKER)
+    with pytest.raises(PawsightError, match="is a folder"):
+        refuse_foreign_file(tmp_path, PNG_MARKER)

@@ -599,10 +599,12 @@ def report_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "explain":
         from .report.explain import explain, render
-        from .storage import atomic_write_bytes
+        from .report.plots import PNG_MARKER
+        from .storage import atomic_write_bytes, refuse_foreign_file
 
         e = explain(args.run, args.image, method=args.method or "auto", target=args.target)
         out = args.out or Path(f"{args.image.name}.{e.method}.png")
+        refuse_foreign_file(out, PNG_MARKER)
         try:
             atomic_write_bytes(out, render(e))
         except OSError as exc:

@@ -174,3 +174,22 @@ class RowStore:
             if not existed:  # rows no index names would only take space
                 rows_path.unlink(missing_ok=True)
             raise
+
+
+def refuse_foreign_file(path: Path, marker: bytes) -> None:
+    """Before writing a user-named output (`--out report.html`, `--out map.png`): an existing file may only be
+    replaced when pawsight wrote it, recognised by `marker` near its start; anything else stays untouched."""
+    path = Path(path)
+    if path.is_dir():
+        raise PawsightError(f"{shown(path)} is a folder; give a file name")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        head = b""
+    if marker not in head:
+        raise PawsightError(f"{shown(path)} exists and was not written by pawsight; choose another --out "
+                            "(pawsight never replaces files it did not write)")
+

@@ -39,6 +39,9 @@ nav a{margin-right:.8em}code{background:#f4f4f4;padding:0 .2em}
 """
 
 
+# In every report, so a later --out may replace only a report pawsight wrote.
+GENERATOR = '<meta name="generator" content="pawsight">'
+
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -80,7 +83,7 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
     """Write the report of `run` (evaluated on `data`, or its saved / validation evaluation) to `out`
     (default RUN/report.html). Returns (path, seconds per part)."""
     from ..run import read_run_info
-    from ..storage import atomic_write_text
+    from ..storage import atomic_write_text, refuse_foreign_file
 
     seconds: dict[str, float] = {}
 
@@ -101,6 +104,7 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
     seconds["total"] = round(time.perf_counter() - t0, 3)
     page = render_page(run, info, evaluation, curves, views, cards, sheet, seconds)
     path = Path(out) if out is not None else Path(run) / "report.html"
+    refuse_foreign_file(path, GENERATOR.encode())
     try:
         atomic_write_text(path, page)
     except OSError as exc:
@@ -165,7 +169,7 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
     classes = list(info["classes"])
     title = f"pawsight report: {Path(run).name}"
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{GENERATOR}"
              f"<link rel=\"icon\" href=\"data:,\"><title>{esc(title)}</title><style>{CSS}</style></head>"
              "<body>",
              f"<h1>{esc(title)}</h1>",

@@ -48,9 +48,13 @@ def new_figure(width: float, height: float, ncols: int = 1):
     return fig, axes
 
 
+PNG_SOFTWARE = "pawsight"  # in every PNG pawsight draws, so a later --out may replace only its own files
+PNG_MARKER = b"Software\x00" + PNG_SOFTWARE.encode()
+
+
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": PNG_SOFTWARE})
     return buf.getvalue()
 
 
