@@ -3,7 +3,9 @@ like the PyTorch model (max |Δp| <= 1e-4) and runs without PyTorch; classical r
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import pawsight
 from pawsight import api, cli
 from pawsight.errors import PawsightError
 from pawsight.export import export_onnx
-from pawsight.inference import ONNX_METADATA_KEY, OnnxPredictor
+from pawsight.inference import ONNX_METADATA_KEY, ModulePredictor, OnnxPredictor
 
 
 def validation_files(tiny: Path) -> list[Path]:
@@ -112,3 +114,30 @@ def test_a_file_that_is_not_a_pawsight_export_is_refused(tmp_path) -> None:
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(PawsightError, match="not an ONNX model"):
         pawsight.load(junk)
+
+
+def test_training_saves_the_graph_and_loading_the_run_uses_it(transfer_run, tiny) -> None:
+    info = json.loads((transfer_run / "run.json").read_text())
+    graph = transfer_run / "model.onnx"
+    assert info["onnx_sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
+    predictor = pawsight.load(transfer_run)
+    assert isinstance(predictor, OnnxPredictor) and predictor.info["metrics"] == info["metrics"]
+    files = validation_files(tiny)
+    eager = pawsight.load(transfer_run, engine="torch")
+    np.testing.assert_allclose(predictor.predict_proba(files), eager.predict_proba(files), atol=1e-4)
+
+
+def test_a_graph_that_is_not_the_runs_current_model_is_not_used(transfer_run, tiny, tmp_path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(transfer_run, run)
+    files = validation_files(tiny)
+    expected = pawsight.load(transfer_run).predict_proba(files)
+    blob = bytearray((run / "model.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # damaged (or replaced by another model): its hash no longer matches
+    (run / "model.onnx").write_bytes(bytes(blob))
+    rebuilt = pawsight.load(run)
+    assert isinstance(rebuilt, ModulePredictor)  # rebuilt from the checked weights instead
+    np.testing.assert_allclose(rebuilt.predict_proba(files), expected, atol=1e-4)
+    export_onnx(run)  # `pawsight export RUN` writes the graph into the run again and records it
+    assert isinstance(pawsight.load(run), OnnxPredictor)
+    np.testing.assert_allclose(pawsight.load(run).predict_proba(files), expected, atol=1e-4)

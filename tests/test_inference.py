@@ -17,7 +17,7 @@ import pawsight
 from pawsight import api
 from pawsight.cache import default_cache_dir
 from pawsight.errors import PawsightError
-from pawsight.inference import UNKNOWN, ModulePredictor, Predictor, decide
+from pawsight.inference import UNKNOWN, OnnxPredictor, Predictor, decide
 from pawsight.inference import load as load_predictor
 from pawsight.models.base import make_model
 from pawsight.run import load_model
@@ -56,10 +56,10 @@ def predictor(transfer_run: Path) -> Predictor:
 
 
 def test_load_returns_the_predictor_with_the_run_description(predictor, transfer_run) -> None:
-    assert isinstance(predictor, ModulePredictor)
+    assert isinstance(predictor, OnnxPredictor)  # the graph saved with the run (test_export.py)
     assert predictor.approach == "transfer" and predictor.classes_ == ["cats", "dogs"]
     assert predictor.preprocessing.size == 224 and predictor.info["approach"] == "transfer"
-    assert predictor.engine == "onnx"  # ONNX Runtime, graph built in memory
+    assert predictor.engine == "onnx"
 
 
 def test_every_input_form_gives_the_same_answer(predictor, tiny) -> None:

@@ -344,3 +344,11 @@ def test_listening_socket_says_tcp_so_answers_are_not_delayed() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+@pytest.mark.slow
+def test_trained_transfer_run_directory_predicts_and_serves_without_torch(transfer_run: Path,
+                                                                          photos: list[Path],
+                                                                          tmp_path: Path) -> None:
+    """Training saves RUN/model.onnx, so the run directory itself needs no PyTorch to answer."""
+    check_predict_and_serve_without_torch(transfer_run, photos, tmp_path)

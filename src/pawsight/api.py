@@ -20,7 +20,7 @@ import numpy as np
 
 from .cache import ImageCache
 from .data import SPLITS, DataSet, Sample, Skip, counts_of, per_class_subset, scan
-from .errors import PawsightError
+from .errors import PawsightError, shown
 from .evaluation import classification_metrics, picture_predictions
 from .options import check_param
 from .run import (
@@ -39,12 +39,13 @@ from .run import (
 PathLike = str | os.PathLike[str]
 
 
-def load(path: PathLike, *, threshold: float | None = None):
+def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"):
     """The predictor (pawsight.inference.Predictor) of a run directory (any approach) or an exported .onnx
-    file: predict / predict_proba / predict_records on paths, PIL images, uint8 arrays or bytes."""
+    file: predict / predict_proba / predict_records on paths, PIL images, uint8 arrays or bytes.
+    `engine` "torch" runs a deep run's model in eager PyTorch instead of ONNX Runtime."""
     from .inference import load as load_predictor
 
-    return load_predictor(path, threshold=threshold)
+    return load_predictor(path, threshold=threshold, engine=engine)
 
 
 def default_run_dir(approach: str) -> Path:
@@ -170,6 +171,11 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     if validation is not None:
         save_evaluation(out, validation)
     timings["save"] = time.perf_counter() - t
+    graph: dict[str, Any] = {}
+    if approach != "classical":
+        t = time.perf_counter()
+        graph = _export_graph(out, model, va.images[:16] if len(va.labels) else None)
+        timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     info = {
         **options,
@@ -181,11 +187,26 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
                  "skipped": [s.to_dict() for s in ds.skipped + tr.skipped + va.skipped],
                  "ignored": [s.to_dict() for s in ds.ignored],
                  "dropped_duplicates": dropped},
-        "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()},
+        "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()}, **graph,
     }
     write_run_info(out, info)
     _draw_curves(out)
     return model, info
+
+
+def _export_graph(out: Path, model: Any, samples: np.ndarray | None) -> dict[str, Any]:
+    """RUN/model.onnx (export.py, parity-checked against PyTorch): what makes predicting and serving the run
+    directory fast to start and free of PyTorch. A failure is one warning line; the run then predicts
+    through PyTorch."""
+    from .export import export_onnx
+    from .run import graph_record
+
+    try:
+        return graph_record(out, export_onnx(out, samples=samples, model=model)["sha256"])
+    except Exception as exc:  # noqa: BLE001 - exporter gaps for exotic backbones must not fail a training
+        print(f"note: the run was not saved as ONNX ({shown(str(exc))[:200]}); it predicts through PyTorch",
+              file=sys.stderr)
+        return {}
 
 
 def _draw_curves(out: Path) -> None:

@@ -17,6 +17,7 @@ directory itself already predicts and serves without PyTorch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -35,15 +36,17 @@ PARITY_PICTURES = 16
 
 
 def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-                samples: np.ndarray | None = None) -> dict[str, Any]:
+                samples: np.ndarray | None = None, model: Any = None) -> dict[str, Any]:
     """Write the run as one ONNX file (default RUN/model.onnx) after checking it against PyTorch.
 
-    Returns {path, bytes, max_abs_diff (probabilities), max_abs_diff_score, n_pictures, pictures (where
-    the sample pictures came from)}."""
+    `model`: the run's model when the caller has it in memory (training). Written into the run as
+    RUN/model.onnx, the graph is recorded in run.json, and loading the run uses it (no PyTorch needed).
+    Returns {path, bytes, sha256, max_abs_diff (probabilities), max_abs_diff_score, n_pictures, pictures
+    (where the sample pictures came from)}."""
     import onnx
 
     from .models.deep import onnx_bytes, run_module
-    from .run import load_model, read_run_info
+    from .run import GRAPH_FILE, load_model, read_run_info, record_graph
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
@@ -51,9 +54,9 @@ def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
         raise PawsightError("classical runs are not exported to ONNX (their features are computed with "
                             "scikit-image); predict and serve the run directory itself, which needs no "
                             "PyTorch")
-    path = Path(out) if out is not None else run_dir / "model.onnx"
+    path = Path(out) if out is not None else run_dir / GRAPH_FILE
     _check_target(path)
-    model = load_model(run_dir)
+    model = model if model is not None else load_model(run_dir)
     module = model.inference_module()
     graph = onnx.load_model_from_string(onnx_bytes(module))
     neither = getattr(model, "neither_", None)
@@ -75,8 +78,11 @@ def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
         raise PawsightError(f"the ONNX graph disagrees with PyTorch by {diff:.2e} in probability (limit "
                             f"{PARITY_LIMIT:g}); nothing written")
     atomic_write_bytes(path, blob)
-    return {"path": str(path), "bytes": len(blob), "max_abs_diff": diff, "max_abs_diff_score": diff_score,
-            "n_pictures": int(len(X)), "pictures": where}
+    sha = hashlib.sha256(blob).hexdigest()
+    if path.resolve() == (run_dir / GRAPH_FILE).resolve():
+        record_graph(run_dir, sha)
+    return {"path": str(path), "bytes": len(blob), "sha256": sha, "max_abs_diff": diff,
+            "max_abs_diff_score": diff_score, "n_pictures": int(len(X)), "pictures": where}
 
 
 def metadata(info: dict[str, Any], model: Any, module: Any, neither: Any) -> dict[str, Any]:

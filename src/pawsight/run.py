@@ -66,6 +66,41 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
+GRAPH_FILE = "model.onnx"  # a deep run's whole model as ONNX, written after training (see read_graph)
+
+
+def read_graph(run_dir: str | Path, info: dict[str, Any]) -> bytes | None:
+    """The run's ONNX graph when it was made from the run's current, intact weights: run.json records the
+    graph's SHA-256 and that of the weights it was made from (written by the training that saved both, or by
+    `pawsight export` into the run), and both files still match. Else None, and the caller loads the weights
+    (which names any damage) and rebuilds the graph with PyTorch. With it a run directory predicts and
+    serves without importing PyTorch."""
+    want = info.get("onnx_sha256"), info.get("onnx_model_sha256")
+    if not all(isinstance(w, str) for w in want):
+        return None
+    run_dir = Path(run_dir)
+    try:
+        blob = (run_dir / GRAPH_FILE).read_bytes()
+        weights = file_sha256(run_dir / "model.safetensors")
+        described = json.loads((run_dir / "model.json").read_text()).get("safetensors_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if (hashlib.sha256(blob).hexdigest(), weights) != want or described != weights:
+        return None
+    return blob
+
+
+def graph_record(run_dir: str | Path, onnx_sha256: str) -> dict[str, str]:
+    """What run.json keeps about RUN/model.onnx just written from the run's saved weights (see read_graph)."""
+    return {"onnx_sha256": onnx_sha256, "onnx_model_sha256": file_sha256(Path(run_dir) / "model.safetensors")}
+
+
+def record_graph(run_dir: str | Path, onnx_sha256: str) -> None:
+    """Note in run.json that RUN/model.onnx (just written) is the graph of the run's current weights."""
+    info = read_run_info(run_dir)
+    write_run_info(Path(run_dir), {**info, **graph_record(run_dir, onnx_sha256)})
+
+
 def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept lazy)
     """The trained model of a run directory, checked for completeness and compatibility."""
     from .models.base import model_class
