@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,15 @@ sys.path.insert(0, str(ROOT / "notebooks"))
 import render  # noqa: E402  (notebooks/render.py)
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def solutions(nb: nbformat.NotebookNode) -> list[str]:
+    """The Python code of every exercise solution (fenced blocks inside <summary>Solution</summary>)."""
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            found += re.findall(r"<summary>Solution</summary>\s*```python\n(.*?)```", cell.source, re.S)
+    return found
 
 
 def read() -> nbformat.NotebookNode:
@@ -58,6 +68,10 @@ def test_notebook_runs_top_to_bottom_on_the_tiny_set(tiny: Path, tmp_path: Path,
     env = {"PAWSIGHT_NOTEBOOK_DATA": str(tiny), "PAWSIGHT_NOTEBOOK_QUICK": "1",
            "PAWSIGHT_NOTEBOOK_RUNS": str(runs), "PAWSIGHT_NOTEBOOK_FINETUNE": "0"}
     nb = read()
+    # the exercise solutions run too, after the lesson, as a reader who opens them would run them
+    answers = solutions(nb)
+    assert len(answers) == 5
+    nb.cells += [new_code_cell(code) for code in answers]
     try:
         render.execute(nb, env, timeout=600)
     except CellExecutionError as exc:
@@ -74,6 +88,17 @@ def test_notebook_runs_top_to_bottom_on_the_tiny_set(tiny: Path, tmp_path: Path,
         assert (runs / approach / "run.json").is_file()  # trained where the parameter cell said
         assert any(f"{approach}{kind}: validation accuracy" in text for kind in ("", " (frozen)"))
     assert any(WIDGET in o.get("data", {}) for c in code for o in c.outputs), "no progress bar widget shown"
+    # section 9: pictures of other things get a neither score and the threshold is shown
+    assert "above it the answer is 'unknown'" in text and "neither score" in "".join(c.source for c in code)
+    # section 10: compare wrote its chart and leaderboard, advise printed a recommendation
+    assert all((runs / "compare" / name).is_file() for name in ("accuracy-vs-size.png", "compare.csv"))
+    assert "compared in" in text and "recommend" in text.lower()
+    # every solution printed its result
+    outputs = ["".join(o.get("text", "") for o in c.outputs) for c in code[-len(answers):]]
+    assert "classical" in outputs[0] and "transfer" in outputs[0] and "scratch" in outputs[0]
+    assert "accuracy" in outputs[1] and (runs / "three-classes" / "run.json").is_file()
+    assert any("image/png" in o.get("data", {}) for o in code[-len(answers) + 2].outputs)
+    assert outputs[3].count("%") == 3 and "% in" in outputs[4]
 
 
 # -- notebooks/render.py ---------------------------------------------------------------------------------

@@ -154,13 +154,20 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     metrics: dict[str, Any] = {}
     validation: dict[str, Any] | None = None
     if len(va.labels):
+        from .inference import decide
+
         t = time.perf_counter()
-        proba = model.predict_proba(va.images)
+        # deep models give their neither scores too, so the saved answers are decide()'s, as in evaluate
+        scores = getattr(model, "predict_scores", None)
+        proba, score = scores(va.images) if scores else (model.predict_proba(va.images), None)
+        threshold = model.neither_.threshold if score is not None else None
         timings["evaluate"] = time.perf_counter() - t
         metrics["validation"] = classification_metrics(va.labels, proba, ds.classes)
+        answers = decide(proba, ds.classes, score, threshold)
         validation = {**metrics["validation"], "split": "validation", "data": str(Path(data)),
                       "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped],
-                      "predictions": picture_predictions(va.paths, va.labels, proba, ds.classes)}
+                      **_answered(answers, [ds.classes[i] for i in va.labels]), "threshold": threshold,
+                      "predictions": picture_predictions(va.paths, va.labels, proba, ds.classes, answers)}
     metrics["train_size"] = len(tr.labels)
 
     t = time.perf_counter()

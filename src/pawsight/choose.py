@@ -142,7 +142,9 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
             val = info["metrics"].get("validation") or {}
             row.accuracy = val.get("accuracy")
             row.run = str(run_dir)
-            row.model_bytes = sum(p.stat().st_size for p in run_dir.glob("model.*") if p.is_file())
+            # the model's own files; RUN/model.onnx is the same model again, for PyTorch-free serving
+            row.model_bytes = sum(p.stat().st_size for p in run_dir.glob("model.*")
+                                  if p.is_file() and p.suffix != ".onnx")
             row.images_per_second = prediction_speed(model, data, seed, speed_cache, variant=len(rows))
             acc = "n/a" if row.accuracy is None else f"{row.accuracy:.1%}"
             say(f"{approach} at {row.size_label} per class ({row.n_train} pictures): {acc} "
@@ -281,16 +283,13 @@ def write_compare(out: Path, rows: list[CompareRow], result: dict[str, Any]) -> 
 def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
     """{file name: PNG bytes}: accuracy against training-set size and against training time, one line per
     approach."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from .report.plots import new_figure, to_png  # no pyplot: never touches the caller's matplotlib backend
 
     out = {}
     for name, x_of, xlabel in (
             ("accuracy-vs-size.png", lambda r: r.n_train, "training pictures (all classes)"),
             ("accuracy-vs-time.png", lambda r: r.train_seconds, "training time (s)")):
-        fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
+        fig, (ax,) = new_figure(5.2, 3.6)
         for approach in dict.fromkeys(r.approach for r in rows):
             pts = sorted((x_of(r), r.accuracy) for r in rows
                          if r.approach == approach and r.accuracy is not None and x_of(r))
@@ -302,11 +301,7 @@ def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        out[name] = buf.getvalue()
+        out[name] = to_png(fig)
     return out
 
 

@@ -172,13 +172,18 @@ class ScratchCNN(ImageClassifier):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities from `inference_module()`: the very module inference and ONNX export run."""
+        return self.predict_scores(X)[0]
+
+    def predict_scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, neither scores or None) from `inference_module()`, in one pass."""
         from .deep import run_module
 
         size = self.preprocessing.size
         if np.ndim(X) != 4 or tuple(np.shape(X)[1:]) != (size, size, 3):
             raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
                                 f"{np.shape(X)}")
-        return run_module(self.inference_module(), np.asarray(X, np.uint8), batch_size=128)[0]
+        proba, score = run_module(self.inference_module(), np.asarray(X, np.uint8), batch_size=128)
+        return proba, (score if getattr(self, "neither_", None) is not None else None)
 
     def inference_module(self):
         """The whole model as one module: uint8 NHWC in, (probabilities, neither score) out (deep.py)."""

@@ -236,6 +236,20 @@ class TransferClassifier(ImageClassifier):
             proba = (proba + flipped) / 2
         return proba
 
+    def predict_scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, neither scores or None) from cached features: the numbers `inference_module()`
+        gives, without running the network again on pictures whose features are cached."""
+        proba = self.predict_proba(X)
+        neither = getattr(self, "neither_", None)
+        if neither is None or len(X) == 0:
+            return proba, None
+        feats = self._features(X)
+        if self._use_tta():
+            feats = (feats + self._features(X, flip=True)) / 2
+        with torch.inference_mode():
+            score = neither(torch.from_numpy(np.ascontiguousarray(feats, np.float32))).numpy()
+        return proba, score.astype(np.float64)
+
     def inference_module(self) -> nn.Module:
         """The whole model as one module: uint8 NHWC in, (probabilities, neither score) out (deep.py)."""
         from .deep import ImageModel, linear
