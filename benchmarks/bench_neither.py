@@ -24,7 +24,6 @@ import io
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,16 +91,12 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     import pawsight
+    from common import default_run
     from pawsight.inference import UNKNOWN, decide
 
     with tempfile.TemporaryDirectory(prefix="bench-neither-") as tmp:
         os.environ.setdefault("PAWSIGHT_CACHE", str(Path(tmp) / "cache"))
-        run = args.run
-        if run is None:
-            run = Path(tmp) / "run"
-            t = time.perf_counter()
-            pawsight.train(args.data, out=run)
-            print(f"trained the default transfer run in {time.perf_counter() - t:.1f} s", flush=True)
+        run = default_run(args.data, args.run, Path(tmp))
         predictor = pawsight.load(run)
         if predictor.threshold is None:
             print("this run has no neither score (classical, or trained with neither=False)", file=sys.stderr)

@@ -76,14 +76,9 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         os.environ.setdefault("PAWSIGHT_CACHE", str(Path(tmp) / "cache"))
-        run = args.run
-        if run is None:
-            import pawsight
+        from common import default_run
 
-            run = Path(tmp) / "run"
-            t = time.perf_counter()
-            pawsight.train(args.data, out=run)
-            print(f"trained the default transfer run in {time.perf_counter() - t:.1f} s", flush=True)
+        run = default_run(args.data, args.run, Path(tmp))
         files = sorted((args.data / "validation").rglob("*.jpg"))[:args.n]
         truth = [f.parent.name for f in files]
         for f in files:

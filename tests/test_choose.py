@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,17 @@ def test_cross_validation_uses_only_the_training_split(tiny: Path) -> None:
     r = choose.cross_validate(tiny, "classical", {"features": "hog", "model": "logreg", "flip": False},
                               folds=2)
     assert r["cv_pictures"] == 80 and r["folds"] == 2 and 0 <= r["cv_accuracy"] <= 1
+
+
+def test_cross_validation_drops_duplicates_like_the_final_training(tiny: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    for p in sorted((data / "train" / "cats").iterdir())[:6]:  # exact copies under other names
+        shutil.copy(p, p.with_name("copy-" + p.name))
+    params = {"features": "hog", "model": "logreg", "flip": False}
+    assert choose.cross_validate(data, "classical", params, folds=2)["cv_pictures"] == 86
+    kept = choose.cross_validate(data, "classical", params, folds=2, drop_duplicates=True)
+    assert kept["cv_pictures"] == 80
 
 
 def test_auto_refuses_model_options_and_existing_runs(tiny: Path, tmp_path: Path) -> None:

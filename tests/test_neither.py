@@ -135,3 +135,20 @@ def test_the_validation_record_of_training_answers_like_evaluate(approach, tiny,
     if approach == "transfer":  # the tiny run's score sets these three aside (see SOMETHING_ELSE)
         assert [by_path[str((data / "validation" / "cats" / Path(n).name).absolute())]
                 for n in SOMETHING_ELSE] == [UNKNOWN] * 3
+
+
+def test_a_class_named_unknown_turns_the_neither_answer_off(tiny, tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    for split in ("train", "validation"):
+        for cls, name in (("cats", "cats"), ("dogs", UNKNOWN)):
+            (data / split / name).mkdir(parents=True)
+            for p in sorted((tiny / split / cls).iterdir()):
+                (data / split / name / p.name).symlink_to(p)
+    run = tmp_path / "run"
+    api.train(data, out=run)
+    assert "a class is named 'unknown'" in capsys.readouterr().err
+    predictor = pawsight.load(run)
+    assert predictor.classes_ == ["cats", UNKNOWN] and predictor.threshold is None
+    dog = sorted((tiny / "validation" / "dogs").iterdir())[0]
+    assert predictor.predict([dog, OTHERS / SOMETHING_ELSE[0]])[0] == UNKNOWN  # the class, never the answer
+    assert json.loads((run / "run.json").read_text())["params"]["neither"] is False

@@ -123,6 +123,14 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
            per_class: int | None = None):
     timings: dict[str, float] = {}
     prep = model.preprocessing
+    from .inference import UNKNOWN
+
+    if UNKNOWN in ds.classes and getattr(model, "neither", False):
+        # "unknown" is the neither answer's label: with a class of that name the two could not be told apart
+        model.set_params(neither=False)
+        if main:
+            print(f"note: a class is named '{UNKNOWN}', the label of the neither answer; this run answers "
+                  f"with its classes only (no neither answer)", file=sys.stderr)
     # Every option `train --resume` needs, written first so an interrupted run continues with the same
     # settings; replaced when done.
     options = {"approach": approach, "classes": ds.classes, "seed": seed, "val_fraction": val_fraction,

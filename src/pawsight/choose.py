@@ -283,6 +283,8 @@ def write_compare(out: Path, rows: list[CompareRow], result: dict[str, Any]) -> 
 def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
     """{file name: PNG bytes}: accuracy against training-set size and against training time, one line per
     approach."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     from .report.plots import new_figure, to_png  # no pyplot: never touches the caller's matplotlib backend
 
     out = {}
@@ -296,6 +298,9 @@ def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
             if pts:
                 ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=approach)
         ax.set_xscale("log")
+        # plain numbers (10, 100, 1000), not 10^n: mathtext looks for fonts a minimal system lacks and logs it
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
@@ -891,7 +896,8 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
         say(f"cross-validating {r.name} ({k} folds)")
         t = time.perf_counter()
         entry.update(cross_validate(data, r.approach, params, seed=seed, val_fraction=val_fraction, folds=k,
-                                    holdout=r.kwargs.get("mode") == "finetune"))
+                                    holdout=r.kwargs.get("mode") == "finetune",
+                                    drop_duplicates=drop_duplicates))
         entry["seconds"] = round(time.perf_counter() - t, 2)
         entry["final_estimate"] = final
         entry["status"] = "scored"
@@ -949,19 +955,25 @@ def cv_cost(r: Recipe, cal: Calibration, n_train: int, folds: int) -> float | No
 
 
 def cross_validate(data: PathLike, approach: str, params: dict[str, Any], *, seed: int = 0,
-                   val_fraction: float = 0.2, folds: int = 3, holdout: bool = False) -> dict[str, Any]:
+                   val_fraction: float = 0.2, folds: int = 3, holdout: bool = False,
+                   drop_duplicates: bool = False) -> dict[str, Any]:
     """Stratified `folds`-fold cross-validation of one recipe on the training split only (with `holdout`:
-    the first fold only, for recipes too slow to fit k times). Decoded pixels and features come from the
-    caches, so the final training afterwards does not pay for them again."""
+    the first fold only, for recipes too slow to fit k times), on the pictures the final training will use
+    (`drop_duplicates` as in `train`: otherwise a copy in another fold flatters the score). Decoded pixels
+    and features come from the caches, so the final training afterwards does not pay for them again."""
     from sklearn.model_selection import StratifiedKFold
 
     from .cache import ImageCache
     from .data import scan
+    from .dedup import drop_duplicates as without_duplicates
     from .models.base import make_model
 
     ds = scan(data, val_fraction=val_fraction, seed=seed)
     prep = make_model(approach, **params).preprocessing
-    tr = ImageCache().load_samples(ds.split("train"), prep, desc="decoding train")
+    cache = ImageCache()
+    if drop_duplicates:
+        ds, _ = without_duplicates(ds, cache, prep)
+    tr = cache.load_samples(ds.split("train"), prep, desc="decoding train")
     X, y = tr.images, tr.labels
     proba = np.full((len(y), len(ds.classes)), np.nan)
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))

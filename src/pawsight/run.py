@@ -51,6 +51,9 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise PawsightError(f"run directory not found: {run_dir}")
     if not path.is_file():
+        if _holds_pictures(run_dir):
+            raise PawsightError(f"{run_dir} is a folder of pictures, not a trained run; train one with "
+                                f"'pawsight train {run_dir} --out runs/NAME', then give runs/NAME here")
         raise PawsightError(f"{run_dir} is not a finished pawsight run (no run.json); train one with "
                             f"'pawsight train DATA --out {run_dir}'")
     try:
@@ -64,6 +67,34 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
                             f"{info.get('pawsight_version', '?')}; this pawsight {__version__} reads format "
                             f"{RUN_FORMAT}")
     return info
+
+
+def _holds_pictures(folder: Path, limit: int = 200) -> bool:
+    """Whether `folder` or one of its sub-folders holds picture files (a glance at <= `limit` entries each):
+    then it is data given where a run directory was expected."""
+    from .images import IMAGE_SUFFIXES
+
+    def pictures_in(d: Path) -> tuple[bool, list[Path]]:
+        subs = []
+        try:
+            with os.scandir(d) as it:
+                for i, entry in enumerate(it):
+                    if i >= limit:
+                        break
+                    if entry.is_dir(follow_symlinks=True):
+                        subs.append(Path(entry.path))
+                    elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                        return True, subs
+        except OSError:
+            pass
+        return False, subs
+
+    found, subs = pictures_in(folder)
+    for sub in subs[:20]:
+        found = found or pictures_in(sub)[0] or any(pictures_in(s)[0] for s in pictures_in(sub)[1][:20])
+        if found:
+            break
+    return found
 
 
 GRAPH_FILE = "model.onnx"  # a deep run's whole model as ONNX, written after training (see read_graph)
