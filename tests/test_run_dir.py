@@ -218,8 +218,17 @@ def test_resume_restores_drop_duplicates_and_the_other_options(data: Path, tmp_p
     # as if killed after its last checkpoint: run.json still says "training"
     write_run_info(run, {k: v for k, v in info.items() if k not in ("format", "pawsight_version")}
                    | {"status": "training"})
+    # what kills mid-write leave behind: old temporary files of atomic writes (swept), a fresh one (another
+    # process may be writing it: kept), and a user's file that merely looks like one (not our name: kept)
+    leftovers = [run / ".run.json.k1ll3d.tmp", run / "checkpoint" / ".state.json.k1ll3d.tmp"]
+    fresh, users = run / ".model.json.n0w.tmp", run / ".my-notes.txt.abc.tmp"
+    for f in [*leftovers, fresh, users]:
+        f.write_text("partial")
+    for f in [*leftovers, users]:
+        os.utime(f, (time.time() - 3600, time.time() - 3600))
     result = cli("train", "--resume", run)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert not any(f.exists() for f in leftovers) and fresh.exists() and users.exists()
     assert info["drop_duplicates"] is True and info["seed"] == 3 and info["val_fraction"] == 0.2
     assert info["data"]["root"] == str(data.resolve()) and info["params"]["width"] == 8
     resumed = read_run_info(run)

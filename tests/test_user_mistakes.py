@@ -213,3 +213,19 @@ def test_a_read_only_run_parent_is_one_line(ws: dict[str, Path], tiny: Path) -> 
 def test_json_run_info_of_the_run_is_intact(ws: dict[str, Path]) -> None:
     """The fixture's run really is a finished run (so the damaged copies above test damage, not luck)."""
     assert json.loads((ws["run"] / "run.json").read_text())["status"] == "done"
+
+
+@pytest.mark.parametrize("approach", ["transfer", "scratch"])
+def test_a_missing_gpu_is_refused_before_any_picture_is_decoded(approach: str, tiny: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PAWSIGHT_CACHE", str(cache))
+    argv = ["train", str(tiny), "--approach", approach, "--device", "cuda", "--out", str(tmp_path / "r")]
+    status = main(argv)
+    assert_one_error_line(capsys.readouterr().err, status, says="no CUDA GPU")
+    assert not (cache / "pixels").exists()  # refused before decoding

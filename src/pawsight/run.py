@@ -308,11 +308,33 @@ def open_for_training(out: Path, *, overwrite: bool = False, resume: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out).acquire()
     try:
+        if is_run_dir(out):
+            _sweep_leftovers(out)
         note = "" if resume else _make_room(out, overwrite)
     except BaseException:
         lock.release()
         raise
     return lock, note
+
+
+def _sweep_leftovers(run_dir: Path, min_age: float = 60.0) -> None:
+    """Remove the temporary files of atomic writes that a kill interrupted (`.run.json.x1y2.tmp`): only files
+    named after a file pawsight writes there, and older than `min_age` seconds (not another process's write
+    in progress)."""
+    now = time.time()
+    places = [(run_dir, OWNED_FILES)] + [(run_dir / d, None) for d in OWNED_DIRS if (run_dir / d).is_dir()]
+    for folder, names in places:
+        for entry in os.scandir(folder):
+            if not (_TMP.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            target = entry.name[1:].rsplit(".", 2)[0]  # ".model.json.abc123.tmp" -> "model.json"
+            if names is not None and target not in names:
+                continue
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime > min_age:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _make_room(out: Path, overwrite: bool) -> str:

@@ -78,7 +78,7 @@ from .errors import PawsightError, shown
 from .normalize import flip_average, pixels_to_float
 from .normalize import normalize as normalize_pixels
 from .progress import bar
-from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 
 CHECKPOINT_FORMAT = 1
 MAX_EPOCHS = 1000  # cap of the time-budget planner when no number of epochs is given
@@ -647,6 +647,7 @@ def save_checkpoint(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, ema:
     if ckpt.exists():
         os.replace(ckpt, old)
     os.replace(new, ckpt)
+    fsync_dir(ckpt.parent)  # the renames themselves survive a power cut, not only the files' contents
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -117,6 +117,10 @@ class ScratchCNN(ImageClassifier):
     def check_params(self) -> None:
         super().check_params()  # size, crop, width, depth, epochs, batch_size, lr, ...: options.LIMITS
         self.preprocessing  # noqa: B018 - an unknown resize mode is refused here, before any decoding
+        if self.device not in (None, "", "auto"):
+            from ..training import resolve_device
+
+            resolve_device(self.device)  # no such device: one line now, not after decoding every picture
 
     def _crop(self) -> int:
         size = self.preprocessing.size

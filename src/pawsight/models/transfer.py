@@ -82,6 +82,10 @@ class TransferClassifier(ImageClassifier):
         super().check_params()  # size, epochs, batch_size, lr, time_budget, seed: options.LIMITS
         if self.mode not in MODES:
             raise PawsightError(f"unknown transfer mode {self.mode!r}; use frozen or finetune")
+        if self.device not in (None, "", "auto"):
+            from ..training import resolve_device
+
+            resolve_device(self.device)  # no such device: one line now, not after decoding every picture
 
     def _device(self) -> str:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
