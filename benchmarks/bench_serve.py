@@ -289,7 +289,8 @@ def main(argv: list[str]) -> int:
     print(f"run: {run}  pictures: {len(payloads)} JPEGs of ~500x375 from {args.data}/validation  "
           f"cores: {len(os.sched_getaffinity(0))}  load average at start: {os.getloadavg()[0]:.2f}\n",
           flush=True)
-    serve = [sys.executable, "-m", "pawsight", "serve"]
+    # no access log: the plain server has none either (a log line per request costs ~5% of the CPU)
+    serve = [sys.executable, "-m", "pawsight", "serve", "--no-access-log"]
     commands = {
         "pawsight": lambda: [*serve, str(run)],
         "pawsight-batch16": lambda: [*serve, str(run), "--max-batch", "16"],

@@ -268,15 +268,15 @@ def without_torch(folder: Path) -> dict[str, str]:
     return env
 
 
-def serve_in_subprocess(target: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def serve_in_subprocess(target: Path, env: dict[str, str], *options: str) -> tuple[subprocess.Popen, str]:
     """`pawsight serve target` on a free port; returns the process and its URL once /health answers."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "pawsight", "serve", str(target), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    command = [sys.executable, "-m", "pawsight", "serve", str(target), "--port", str(port), *options]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -352,3 +352,17 @@ def test_trained_transfer_run_directory_predicts_and_serves_without_torch(transf
                                                                           tmp_path: Path) -> None:
     """Training saves RUN/model.onnx, so the run directory itself needs no PyTorch to answer."""
     check_predict_and_serve_without_torch(transfer_run, photos, tmp_path)
+
+
+def test_access_log_is_on_by_default_and_can_be_turned_off(classical_run: Path, photos: list[Path]) -> None:
+    logs = {}
+    for options in ((), ("--no-access-log",)):
+        proc, url = serve_in_subprocess(classical_run, dict(os.environ), *options)
+        try:
+            r = httpx.post(url + "/predict", files=[("file", (photos[0].name, photos[0].read_bytes()))])
+            assert r.status_code == 200
+        finally:
+            proc.terminate()
+            logs[options] = "".join(proc.communicate(timeout=30))  # uvicorn logs access to stdout
+    assert '"POST /predict HTTP/1.1" 200' in logs[()]
+    assert "POST /predict" not in logs[("--no-access-log",)] and "serving" in logs[("--no-access-log",)]
