@@ -120,8 +120,11 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
             if approach == "scratch":
                 budgets = _scratch_budgets(plan[k:], counts, left)
                 if budgets.get(size) is None:
-                    row.note = "skipped: time budget exhausted"
-                    say(f"{approach} at {row.size_label} per class: skipped (time budget exhausted)")
+                    why = ("time budget exhausted" if budgets == {} else
+                           f"its share of the time left would be under {MIN_SCRATCH_SECONDS:.0f} s; "
+                           f"the larger sizes got it")
+                    row.note = f"skipped: {why}"
+                    say(f"{approach} at {row.size_label} per class: skipped ({why})")
                     continue
                 params["time_budget"] = budgets[size]
             elif left <= 0:
