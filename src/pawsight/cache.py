@@ -47,6 +47,8 @@ def default_cache_dir() -> Path:
 
 
 def default_workers() -> int:
+    """The cores this process may use (its CPU affinity): THE count behind every worker pool and thread
+    setting in pawsight."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 

@@ -425,7 +425,9 @@ def describe_data(data: PathLike, seed: int = 0, val_fraction: float = 0.2, head
 
 def describe_hardware() -> dict[str, Any]:
     """Cores, RAM, and a GPU with its memory when PyTorch sees one (torch imported only if installed)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .cache import default_workers
+
+    cores = default_workers()
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

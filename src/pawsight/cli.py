@@ -342,23 +342,11 @@ def run_command(args: argparse.Namespace) -> int:
         from .download import download_command
 
         return download_command(args)
-    if args.command == "train":
-        return train_command(args)
-    if args.command == "evaluate":
-        return evaluate_command(args)
-    if args.command == "cache":
-        return cache_command(args)
-    if args.command == "serve":
-        return serve_command(args)
-    if args.command in ("plot", "explain", "report"):
-        return report_command(args)
-    if args.command == "compare":
-        return compare_command(args)
-    if args.command == "advise":
-        return advise_command(args)
-    if args.command == "export":
-        return export_command(args)
-    return predict_command(args)
+    commands = {"train": train_command, "evaluate": evaluate_command, "cache": cache_command,
+                "serve": serve_command, "plot": report_command, "explain": report_command,
+                "report": report_command, "compare": compare_command, "advise": advise_command,
+                "export": export_command, "predict": predict_command}
+    return commands[args.command](args)
 
 
 def train_command(args: argparse.Namespace) -> int:

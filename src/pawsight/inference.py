@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import default_workers
 from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, to_rgb
 
@@ -279,7 +280,7 @@ def onnx_session(blob: bytes, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    options.intra_op_num_threads = int(threads or default_workers())
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -299,7 +300,7 @@ class OnnxRunner:
     own request threads already run in parallel wants 1)."""
 
     def __init__(self, blob: bytes, threads: int | None = None) -> None:
-        self.parallel = max(1, os.cpu_count() or 1) if threads is None else 1
+        self.parallel = default_workers() if threads is None else 1
         self.session = onnx_session(blob, 1 if threads is None else threads)
         self.batch_size = 2 if self.parallel > 1 else 16
         self._pool: Any = None
@@ -364,8 +365,6 @@ def predict_files(predictor: Predictor, files: Iterable[PathLike], batch_size: i
     batches of `batch_size` by `workers` threads (decoding releases the GIL) while the model runs the
     previous batch, so memory stays constant however many files come."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from .cache import default_workers
 
     prep = predictor.preprocessing
 

@@ -421,7 +421,9 @@ def sha256_many(paths: list[Path]) -> list[str | None]:
         except OSError:
             return None
 
-    workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+    from .cache import default_workers
+
+    workers = min(8, default_workers())
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, paths))
 

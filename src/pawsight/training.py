@@ -502,10 +502,9 @@ def default_threads(local_processes: int = 1) -> int:
 
 
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from .cache import default_workers
+
+    return default_workers()
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:

@@ -130,13 +130,10 @@ class TransferClassifier(ImageClassifier):
 
     def _fit_neither(self, X: np.ndarray, y: np.ndarray):
         """The neither score on the training pictures' features as the inference module sees them (TTA views
-        averaged), from the feature cache (frozen: already computed for the head)."""
+        averaged), from the feature cache (frozen: already computed for the head; the head is fitted)."""
         from .neither import fit_neither
 
-        feats = self._features(X)
-        if self._use_tta():
-            feats = (feats + self._features(X, flip=True)) / 2
-        return fit_neither(feats, y, seed=int(self.seed))
+        return fit_neither(self._views(X)[1], y, seed=int(self.seed))
 
     def _fit_frozen(self, X: np.ndarray, y: np.ndarray, flip: bool | None = None) -> None:
         t = time.perf_counter()
@@ -229,27 +226,30 @@ class TransferClassifier(ImageClassifier):
             store.put([keys[i] for i in missing], new)
         return out
 
+    def _views(self, X: np.ndarray, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, features) from (cached) backbone features, each averaged over the TTA views: what
+        `inference_module()` computes inside (models/deep.ImageModel.views)."""
+        feats = self._features(X, cache=cache)
+        proba = softmax(feats @ self.head_weight_.T + self.head_bias_)
+        if self._use_tta():
+            flipped = self._features(X, flip=True, cache=cache)
+            proba = (proba + softmax(flipped @ self.head_weight_.T + self.head_bias_)) / 2
+            feats = (feats + flipped) / 2
+        return proba, feats
+
     def predict_proba(self, X: np.ndarray, cache: bool = True) -> np.ndarray:
         """Class probabilities from (cached) backbone features; the same numbers as `inference_module()`."""
         if len(X) == 0:
             return np.zeros((0, len(self.classes_)))
-        proba = softmax(self._features(X, cache=cache) @ self.head_weight_.T + self.head_bias_)
-        if self._use_tta():
-            flipped = softmax(self._features(X, flip=True, cache=cache) @ self.head_weight_.T
-                              + self.head_bias_)
-            proba = (proba + flipped) / 2
-        return proba
+        return self._views(X, cache)[0]
 
     def predict_scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, neither scores or None) from cached features: the numbers `inference_module()`
         gives, without running the network again on pictures whose features are cached."""
-        proba = self.predict_proba(X)
         neither = getattr(self, "neither_", None)
-        if neither is None or len(X) == 0:
-            return proba, None
-        feats = self._features(X)
-        if self._use_tta():
-            feats = (feats + self._features(X, flip=True)) / 2
+        if len(X) == 0 or neither is None:
+            return self.predict_proba(X), None
+        proba, feats = self._views(X)
         with torch.inference_mode():
             score = neither(torch.from_numpy(np.ascontiguousarray(feats, np.float32))).numpy()
         return proba, score.astype(np.float64)

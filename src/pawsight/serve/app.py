@@ -61,8 +61,9 @@ class UploadRejected(Exception):
 
 def default_workers() -> int:
     """One model thread per core (each runs ONNX Runtime on one thread; see load_predictor)."""
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-                      (os.cpu_count() or 1), 8))
+    from ..cache import default_workers as usable_cores
+
+    return min(usable_cores(), 8)
 
 
 def load_predictor(path: str | os.PathLike[str], threshold: float | None = None) -> Any:
