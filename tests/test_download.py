@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -134,7 +135,8 @@ def test_download_extracts_verifies_and_second_call_is_offline(server: ServerSta
     data = scan(path)
     assert data.classes == ["cats", "dogs"] and data.layout == "split-folders"
     assert data.counts() == {"train": {"cats": 2, "dogs": 2}, "validation": {"cats": 2, "dogs": 2}}
-    assert leftovers(tmp_path) == ["pets.zip", "test-pets"]  # no .part, no temp folder
+    # no .part, no temp folder; the checksum record marks the archive as pawsight's (see test_users_own_files)
+    assert leftovers(tmp_path) == ["pets.zip", "pets.zip.sha256", "test-pets"]
     assert server.requests == [("pets.zip", None)]
 
     assert dl.download(remote, tmp_path) == path
@@ -237,7 +239,7 @@ def test_checksum_recorded_on_first_download_is_enforced_later(server: ServerSta
     # The publisher (or a bad mirror) now serves other bytes: refused, and the record is kept.
     server.files["pets.zip"] = build_zip(extra={f"{FOLDER}/train/cats/extra.jpg": jpeg((1, 2, 3))})
     (tmp_path / "pets.zip").unlink()
-    (tmp_path / "test-pets" / dl.MARKER).unlink()
+    shutil.rmtree(tmp_path / "test-pets")
     with pytest.raises(PawsightError, match="checksum mismatch.*recorded at the first download"):
         dl.download(remote, tmp_path)
     assert record.exists() and not (tmp_path / "pets.zip").exists()
@@ -328,3 +330,44 @@ def test_cli_end_to_end_through_the_mirror_variable(server: ServerState, tmp_pat
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0 and second.stdout == first.stdout
     assert len(server.requests) == 1  # no network access the second time
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def kept(before: dict[str, str], root: Path) -> bool:
+    """Every file of `before` is still there with the same bytes (pawsight may add its own lock files)."""
+    after = tree_hashes(root)
+    return {k: after.get(k) for k in before} == before
+
+
+def test_users_own_files_under_the_data_sets_names_are_never_replaced(server: ServerState,
+                                                                     tmp_path: Path) -> None:
+    """Issue 14.1: a folder named like the data set holding the user's files, and a user's own file named like
+    the archive, are refused in one line and left byte for byte; nothing is downloaded over them."""
+    remote = remote_for(server, build_zip())
+    mine = tmp_path / "test-pets"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("four years of work")
+    before = tree_hashes(tmp_path)
+    with pytest.raises(PawsightError, match="test-pets exists and was not extracted by pawsight") as err:
+        dl.download(remote, tmp_path)
+    assert "\n" not in str(err.value)
+    assert kept(before, tmp_path) and server.requests == []
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pets.zip").write_bytes(b"my own zip, other bytes")
+    before = tree_hashes(other)
+    with pytest.raises(PawsightError, match="pets.zip exists and was not downloaded by pawsight"):
+        dl.download(remote, other)
+    assert kept(before, other) and not (other / "pets.zip.sha256").exists()  # no checksum record made
+
+    # the user's own copy of the right archive is used as it is (and still not deleted afterwards)
+    third = tmp_path / "third"
+    third.mkdir()
+    (third / "pets.zip").write_bytes(server.files["pets.zip"])
+    assert dl.download(remote, third) == third / "test-pets" / FOLDER
+    assert (third / "pets.zip").read_bytes() == server.files["pets.zip"]

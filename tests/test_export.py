@@ -77,7 +77,7 @@ def test_default_output_is_inside_the_run_and_reexport_replaces_only_its_own_fil
                                                                                   tmp_path) -> None:
     foreign = tmp_path / "precious.onnx"
     foreign.write_bytes(b"someone else's file")
-    with pytest.raises(PawsightError, match="not written by 'pawsight export'"):
+    with pytest.raises(PawsightError, match="not written by pawsight"):
         export_onnx(transfer_run, foreign)
     assert foreign.read_bytes() == b"someone else's file"
     with pytest.raises(PawsightError, match=".onnx"):

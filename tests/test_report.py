@@ -341,8 +341,8 @@ def test_report_and_explain_never_replace_a_file_pawsight_did_not_write(tmp_path
     """--out naming someone's own file is refused and the file is left as it was; pawsight's own output may be
     replaced (the marker in the HTML head / the PNG Software chunk)."""
     from pawsight.report.html import GENERATOR
-    from pawsight.report.plots import PNG_MARKER, new_figure, to_png
-    from pawsight.storage import refuse_foreign_file
+    from pawsight.report.plots import new_figure, to_png
+    from pawsight.storage import PNG_MARKER, refuse_foreign_file
 
     notes = tmp_path / "notes.html"
     notes.write_text("<html>my notes</html>")

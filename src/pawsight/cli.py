@@ -589,16 +589,15 @@ def report_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "explain":
         from .report.explain import explain, render
-        from .report.plots import PNG_MARKER
-        from .storage import atomic_write_bytes, refuse_foreign_file
+        from .run import data_root, is_run_dir, read_run_info
+        from .storage import PNG_MARKER, atomic_write_bytes, check_output_file
 
+        data = data_root(read_run_info(args.run)) if is_run_dir(args.run) else None
+        if args.out is not None:  # checked before the 10-15 s of work, not after
+            check_output_file(args.out, PNG_MARKER, data=data)
         e = explain(args.run, args.image, method=args.method or "auto", target=args.target)
-        out = args.out or Path(f"{args.image.name}.{e.method}.png")
-        refuse_foreign_file(out, PNG_MARKER)
-        try:
-            atomic_write_bytes(out, render(e))
-        except OSError as exc:
-            raise PawsightError(f"cannot write {out}: {exc.strerror or exc}") from None
+        out = check_output_file(args.out or Path(f"{args.image.name}.{e.method}.png"), PNG_MARKER, data=data)
+        atomic_write_bytes(out, render(e), what="the explanation")
         print(f"{shown(args.image)}: {shown(e.target)} {e.probabilities[e.target]:.3f} "
               f"({e.method}, {e.seconds:.1f} s) -> {shown(out)}")
         return 0

@@ -157,6 +157,10 @@ def download(dataset: str | Remote, root: str | os.PathLike[str] | None = None, 
         expected = remote.sha256 or recorded_sha256(root, remote)
         if done is not None and expected in (None, done) and data.is_dir():
             return data  # extracted and verified earlier: no network access
+        if target.is_symlink() or target.exists():
+            check_ours(target)  # before downloading anything
+        path = root / remote.filename
+        foreign_archive = path.exists() and recorded_sha256(root, remote) is None
         advice = "free some space or choose another --dir"
         try:
             archive, sha = fetch(remote, root, timeout=timeout, retries=retries)
@@ -169,9 +173,11 @@ def download(dataset: str | Remote, root: str | os.PathLike[str] | None = None, 
         try:
             extract(archive, target, {"dataset": remote.name, "archive": remote.filename, "sha256": sha})
         except BadArchive as exc:
-            archive.unlink(missing_ok=True)
-            if remote.sha256 is None:
+            if foreign_archive:  # the user's own file: reported, never deleted
                 record_path(root, remote).unlink(missing_ok=True)
+                raise BadArchive(f"{exc}; {archive} was not downloaded by pawsight: left it as it is") from None
+            archive.unlink(missing_ok=True)
+            record_path(root, remote).unlink(missing_ok=True)
             raise BadArchive(f"{exc}; deleted {archive}") from None
         except OSError as exc:  # extract() removed its partial folder
             if exc.errno in DISK_ERRORS:
@@ -204,11 +210,15 @@ def recorded_sha256(root: Path, remote: Remote) -> str | None:
 def fetch(remote: Remote, root: Path, *, timeout: float, retries: int) -> tuple[Path, str]:
     """A verified archive in `root` (reused, resumed or downloaded) and its SHA-256."""
     archive = root / remote.filename
-    if archive.exists():
+    if archive.is_symlink() or archive.exists():
+        ours = archive.is_file() and not archive.is_symlink() and recorded_sha256(root, remote) is not None
         try:
-            return archive, verify(archive, remote, root)
-        except PawsightError:  # verify() deleted it
-            say(f"{archive} failed verification; downloading it again")
+            return archive, verify(archive, remote, root, delete=ours)
+        except PawsightError as exc:
+            if not ours:  # the user's own file of that name: never deleted, never replaced
+                raise PawsightError(f"{shown(archive)} exists and was not downloaded by pawsight ({exc}); "
+                                    "nothing was changed: move it away or choose another --dir") from None
+            say(f"{archive} failed verification; downloading it again")  # verify() deleted it
     url = source_url(remote)
     part = archive.with_name(archive.name + ".part")
     say(f"downloading {remote.name} ({megabytes(remote.size)}) from {url}")
@@ -224,6 +234,8 @@ def fetch(remote: Remote, root: Path, *, timeout: float, retries: int) -> tuple[
             say(f"{exc}; resuming in {wait:g} s")
             time.sleep(wait)
     sha = verify(part, remote, root)
+    if remote.sha256 is not None:  # pinned checksums are recorded too: the record marks the archive as ours
+        atomic_write_text(record_path(root, remote), f"{sha}  {remote.filename}\n")
     os.replace(part, archive)
     return archive, sha
 
@@ -306,24 +318,26 @@ def network_reason(exc: BaseException) -> str:
     return str(reason) or type(reason).__name__
 
 
-def verify(path: Path, remote: Remote, root: Path) -> str:
-    """SHA-256 of a complete file after checking size and checksum; a file that fails is deleted."""
+def verify(path: Path, remote: Remote, root: Path, *, delete: bool = True) -> str:
+    """SHA-256 of a complete file after checking size and checksum; a file that fails is deleted when
+    `delete` (pawsight's own download: a `.part` file or an archive it recorded), else left as it is."""
     size = path.stat().st_size
+    gone = "deleted it, run the same command to download it again" if delete else "left it as it is"
     if remote.size is not None and size != remote.size:
-        path.unlink(missing_ok=True)
-        raise PawsightError(f"{remote.filename} is {size:,} bytes, expected {remote.size:,}; deleted it, "
-                            f"run the same command to download it again")
+        if delete:
+            path.unlink(missing_ok=True)
+        raise PawsightError(f"{remote.filename} is {size:,} bytes, expected {remote.size:,}; {gone}")
     sha = sha256_of(path)
     expected = remote.sha256 or recorded_sha256(root, remote)
     if expected is None:
         atomic_write_text(record_path(root, remote), f"{sha}  {remote.filename}\n")
     elif sha != expected:
-        path.unlink(missing_ok=True)
+        if delete:
+            path.unlink(missing_ok=True)
         hint = "" if remote.sha256 else (f" (recorded at the first download in {record_path(root, remote)}; "
                                          f"delete that file if the publisher changed the archive)")
         raise PawsightError(f"checksum mismatch for {remote.filename}: sha256 {sha[:16]}..., expected "
-                            f"{expected[:16]}...{hint}; deleted it, run the same command to download it "
-                            f"again")
+                            f"{expected[:16]}...{hint}; {gone}")
     return sha
 
 
@@ -342,7 +356,8 @@ def extract(archive: Path, target: Path, marker: dict[str, Any]) -> None:
         else:
             raise BadArchive(f"{archive.name} is neither a zip nor a tar archive")
         atomic_write_json(tmp / MARKER, marker)
-        if target.exists():  # an older or unfinished extraction: swap it out
+        if target.is_symlink() or target.exists():  # an older extraction of ours: swap it out
+            check_ours(target)
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
             target.rename(old / "x")
             tmp.rename(target)
@@ -352,6 +367,15 @@ def extract(archive: Path, target: Path, marker: dict[str, Any]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_ours(target: Path) -> None:
+    """Only a folder pawsight extracted (it holds MARKER) or an empty one may be replaced; a user's own files
+    under the data set's name are never renamed away or deleted."""
+    if not target.is_symlink() and target.is_dir() and ((target / MARKER).is_file() or not any(target.iterdir())):
+        return
+    raise PawsightError(f"{shown(target)} exists and was not extracted by pawsight (no {MARKER} in it); "
+                        "nothing was changed: move it away or choose another --dir")
 
 
 def check_entry(archive: Path, name: str) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .errors import PawsightError, shown
 from .inference import ONNX_METADATA_KEY, onnx_session, run_session
-from .storage import atomic_write_bytes
+from .storage import ONNX_MARKER, atomic_write_bytes, check_output_file, inside
 
 EXPORT_FORMAT = 1
 PARITY_LIMIT = 1e-4  # largest |probability difference| ONNX Runtime vs PyTorch that export accepts
@@ -46,7 +46,7 @@ def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
     import onnx
 
     from .models.deep import onnx_bytes, run_module
-    from .run import GRAPH_FILE, load_model, read_run_info, record_graph
+    from .run import GRAPH_FILE, data_root, load_model, read_run_info, record_graph
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
@@ -55,7 +55,7 @@ def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
                             "scikit-image); predict and serve the run directory itself, which needs no "
                             "PyTorch")
     path = Path(out) if out is not None else run_dir / GRAPH_FILE
-    _check_target(path)
+    _check_target(path, run_dir, data_root(info))
     model = model if model is not None else load_model(run_dir)
     module = model.inference_module()
     graph = onnx.load_model_from_string(onnx_bytes(module))
@@ -136,22 +136,16 @@ def sample_pictures(info: dict[str, Any], prep: Any, n: int = PARITY_PICTURES) -
     return np.stack(synthetic), "synthetic pictures (the run's data folder is not available)"
 
 
-def _check_target(path: Path) -> None:
-    """Refuse to replace a file pawsight did not write (anything but an earlier pawsight export)."""
-    if path.is_dir():
-        raise PawsightError(f"{shown(path)} is a folder; give a file name ending in .onnx")
+def _check_target(path: Path, run_dir: Path, data: Any) -> None:
+    """Refuse, before any work, to replace a file pawsight did not write (anything but an earlier pawsight
+    export), another run's graph, or to write inside the run's data folder (storage.check_output_file)."""
+    from .run import GRAPH_FILE, is_run_dir
+
     if path.suffix.lower() != ".onnx":
         raise PawsightError(f"{shown(path)}: the exported file's name must end in .onnx")
-    if path.exists():
-        try:
-            import onnx
-
-            old = onnx.load_model(str(path))
-            ours = any(p.key == ONNX_METADATA_KEY for p in old.metadata_props)
-        except Exception:  # noqa: BLE001 - unreadable: not ours
-            ours = False
-        if not ours:
-            raise PawsightError(f"{shown(path)} exists and was not written by 'pawsight export'; "
-                                f"choose another --out")
+    check_output_file(path, ONNX_MARKER, data=data)
+    if is_run_dir(path.parent) and not inside(path.parent, run_dir):
+        raise PawsightError(f"--out {shown(path)} is inside another run directory ({shown(path.parent)}); "
+                            f"its {GRAPH_FILE} belongs to that run: choose a place outside it")
     if not path.parent.is_dir():
         raise PawsightError(f"folder {shown(path.parent)} does not exist")

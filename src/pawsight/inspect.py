@@ -25,7 +25,7 @@ from .data import DataSet, scan
 from .dedup import NEAR_THRESHOLD, report_from_decoded
 from .errors import PawsightError, shown
 from .images import Preprocessing
-from .storage import atomic_write_bytes
+from .storage import PNG_MARKER, PNG_SOFTWARE, atomic_write_bytes, check_output_file
 
 IMBALANCE_RATIO = 1.5  # largest / smallest class above this gets a warning
 FEW_PICTURES = 20  # a class with fewer training pictures than this gets a warning
@@ -143,8 +143,13 @@ def contact_sheet(classes: list[str], decoded: Decoded, per_class: int = 8, thum
 
 
 def write_sheet(path: Path, image: Image.Image) -> None:
+    """Save the sheet as a PNG carrying pawsight's mark (a later run may replace it; nothing else)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    marked = PngInfo()
+    marked.add_text("Software", PNG_SOFTWARE)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=marked)
     atomic_write_bytes(path, buf.getvalue(), what="the contact sheet",
                        advice="free some space or choose another --sheet")
 
@@ -190,16 +195,29 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
+    sheet: Path | None = args.sheet
+    refused = None
+    if sheet is not None:  # named by the user: refused before any work (never inside DATA, never a foreign file)
+        check_output_file(sheet, PNG_MARKER, data=args.data, option="--sheet")
+    else:
+        sheet = Path(f"{Path(args.data).resolve().name or 'data'}-contact-sheet.png")
+        try:
+            check_output_file(sheet, PNG_MARKER, data=args.data, option="the contact sheet")
+        except PawsightError as exc:  # the default name only: say why and inspect anyway
+            refused, sheet = exc, None
     result = inspect_data(args.data, val_fraction=args.val_fraction, seed=args.seed, size=args.size)
     decoded: Decoded = result.pop("_decoded")
-    sheet = args.sheet
-    if sheet is None:
-        sheet = Path(f"{Path(args.data).resolve().name or 'data'}-contact-sheet.png")
+    if refused is not None:
+        print(f"warning: no contact sheet: {shown(refused)} (give one with --sheet FILE)", file=sys.stderr)
     try:
+        if sheet is None:
+            raise PawsightError("skipped")
+        check_output_file(sheet, PNG_MARKER, data=args.data, option="--sheet")  # may have appeared meanwhile
         write_sheet(sheet, contact_sheet(result["classes"], decoded))
         result["contact_sheet"] = str(sheet)
     except PawsightError as exc:  # a full disk or a folder in the way: the report is still worth printing
-        print(f"warning: no contact sheet: {shown(exc)}", file=sys.stderr)
+        if sheet is not None:
+            print(f"warning: no contact sheet: {shown(exc)}", file=sys.stderr)
         sheet = None
     if args.json:
         print(json.dumps(result, indent=2))

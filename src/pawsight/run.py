@@ -69,6 +69,13 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
+def data_root(info: dict[str, Any]) -> str | None:
+    """The data folder a run was trained on (absolute, as recorded), None when not recorded."""
+    data = info.get("data")
+    root = data.get("root") if isinstance(data, dict) else None
+    return root if isinstance(root, str) and root else None
+
+
 def _holds_pictures(folder: Path, limit: int = 200) -> bool:
     """Whether `folder` or one of its sub-folders holds picture files (a glance at <= `limit` entries each):
     then it is data given where a run directory was expected."""

@@ -1,5 +1,18 @@
-"""Atomic writes (a reader sees the old file or the new one, never half of one, even after a crash), and the
-row store that caches computed features."""
+"""Atomic writes (a reader sees the old file or the new one, never half of one, even after a crash), marked
+outputs (pawsight replaces only what carries its mark and never writes inside a data folder), and the row
+store that caches computed features.
+
+Marked outputs, the one mechanism behind every command that writes:
+- a file pawsight writes for the user (report.html, a contact sheet or explanation PNG, an exported .onnx)
+  carries a marker near its start (`HTML_MARKER`, `PNG_MARKER`, `ONNX_MARKER`); `check_output_file` refuses to
+  replace a file without it, and is called *before* the command does its work;
+- a folder pawsight owns (a cache, a compare folder, an extracted data set) holds a mark file naming its kind
+  (`claim_folder`); a run directory's mark is its run.json (run.py). Inside them pawsight removes only what it
+  recorded or names itself;
+- `refuse_inside_data` keeps every output out of the data folders the command reads: a file written there
+  would become a training picture (or a class) on the next run.
+Files are created with the user's umask (0644 usually), and a replaced file keeps its mode.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +97,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (read without changing it for good: set and restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once at import, in the main thread (umask is process-wide)
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a rewritten `path` gets: its current mode, else what open() would give under the umask
+    (mkstemp's private 0600 would make a report unpublishable and a run unservable by another user)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, what: str | None = None,
                        advice: str = "") -> None:
     """Write `path` so a reader (or a crash) sees the old file or the new one, never half of one.
@@ -93,8 +126,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, what: str | No
     path = Path(path)
     with writing(what or path.name, path.parent, advice):
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -176,20 +211,94 @@ class RowStore:
             raise
 
 
-def refuse_foreign_file(path: Path, marker: bytes) -> None:
-    """Before writing a user-named output (`--out report.html`, `--out map.png`): an existing file may only be
+# -- marked outputs ------------------------------------------------------------------------------------------
+PNG_SOFTWARE = "pawsight"  # the PNG "Software" text chunk of every PNG pawsight draws
+PNG_MARKER = b"Software\x00" + PNG_SOFTWARE.encode()
+HTML_MARKER = b'<meta name="generator" content="pawsight">'
+ONNX_MARKER = b"\x12\x08pawsight"  # producer_name "pawsight", serialized near the start of every export
+FOLDER_MARK = ".pawsight-folder"  # JSON {"kind": ...} in every folder pawsight owns (not run directories)
+
+
+def refuse_foreign_file(path: Path, marker: bytes, option: str = "--out") -> None:
+    """Before writing a user-named output (`--out report.html`, `--sheet s.png`): an existing file may only be
     replaced when pawsight wrote it, recognised by `marker` near its start; anything else stays untouched."""
     path = Path(path)
+    if path.is_symlink():
+        raise PawsightError(f"{option} {shown(path)} is a symbolic link; pawsight does not write through "
+                            "links: give a new file name")
     if path.is_dir():
-        raise PawsightError(f"{shown(path)} is a folder; give a file name")
+        raise PawsightError(f"{option} {shown(path)} is a folder; give a file name")
     if not path.exists():
         return
     try:
         with open(path, "rb") as fh:
-            head = fh.read(65536)
+            head = fh.read(1 << 20)
     except OSError:
         head = b""
     if marker not in head:
-        raise PawsightError(f"{shown(path)} exists and was not written by pawsight; choose another --out "
+        raise PawsightError(f"{shown(path)} exists and was not written by pawsight; choose another {option} "
                             "(pawsight never replaces files it did not write)")
 
+
+def inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Is `path` `folder` itself or somewhere below it (symbolic links resolved)?"""
+    p, f = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return p == f or f in p.parents
+
+
+def refuse_inside_data(path: str | os.PathLike[str], data: Any, option: str = "--out") -> None:
+    """Refuse an output at or below any of the data folders `data` (one path, a list, or None): pawsight never
+    writes into a data folder, where its file would become a picture or a class of the next training."""
+    roots = [data] if isinstance(data, str | os.PathLike) else list(data or [])
+    for root in roots:
+        if root and Path(root).exists() and inside(path, root):
+            raise PawsightError(f"{option} {shown(path)} is inside the data folder {shown(root)}; pawsight "
+                                "never writes into a data folder: choose a place outside it")
+
+
+def check_output_file(path: str | os.PathLike[str], marker: bytes, *, data: Any = None,
+                      option: str = "--out") -> Path:
+    """Everything checked before a command that writes one file starts its work: not inside a data folder,
+    not a link, a folder or a file pawsight did not write. Returns the path."""
+    path = Path(path)
+    refuse_inside_data(path, data, option)
+    refuse_foreign_file(path, marker, option)
+    return path
+
+
+def folder_kind(folder: str | os.PathLike[str]) -> str | None:
+    """The kind recorded in `folder`'s mark file, None when it has none (pawsight does not own it)."""
+    try:
+        mark = json.loads((Path(folder) / FOLDER_MARK).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return mark.get("kind") if isinstance(mark, dict) and isinstance(mark.get("kind"), str) else None
+
+
+def claim_folder(folder: str | os.PathLike[str], kind: str, *, option: str = "--out",
+                 adopt: Any = None) -> Path:
+    """Make `folder` one pawsight owns as `kind`: created (with its mark) when missing or empty, accepted when
+    it already carries the mark of that kind, else refused in one line. `adopt(folder) -> bool` may accept an
+    unmarked folder written by an older pawsight (it is then marked)."""
+    folder = Path(folder)
+    if folder.is_symlink() and not folder.is_dir():
+        raise PawsightError(f"{option} {shown(folder)} is a dangling symbolic link; choose another folder")
+    if folder.exists() and not folder.is_dir():
+        raise PawsightError(f"{option} {shown(folder)} is a file, not a folder; choose another folder")
+    found = folder_kind(folder) if folder.is_dir() else None
+    if found == kind:
+        return folder
+    if found is not None:
+        raise PawsightError(f"{option} {shown(folder)} holds a pawsight {found}, not a {kind}; "
+                            "choose another folder")
+    with writing(f"the {kind} folder", folder):
+        if folder.is_dir():
+            present = [e.name for e in os.scandir(folder)]
+            if present and not (adopt is not None and adopt(folder)):
+                listed = ", ".join(shown(n) for n in sorted(present)[:3])
+                raise PawsightError(f"{option} {shown(folder)} is not empty and was not made by pawsight (it "
+                                    f"holds {listed}{' ...' if len(present) > 3 else ''}); nothing was "
+                                    f"changed: choose a new or empty folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / FOLDER_MARK, {"kind": kind, "written_by": "pawsight"})
+    return folder

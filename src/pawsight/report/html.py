@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PawsightError
+from ..storage import HTML_MARKER
 from . import plots
 
 SECTIONS = ("summary", "settings", "curves", "metrics", "confusion", "roc", "calibration", "top-losses",
@@ -40,7 +41,7 @@ nav a{margin-right:.8em}code{background:#f4f4f4;padding:0 .2em}
 
 
 # In every report, so a later --out may replace only a report pawsight wrote.
-GENERATOR = '<meta name="generator" content="pawsight">'
+GENERATOR = HTML_MARKER.decode()  # storage's mark: --out replaces only pages pawsight wrote
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
@@ -82,8 +83,8 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
                  top_k: int = 8, explain: bool = True) -> tuple[Path, dict[str, float]]:
     """Write the report of `run` (evaluated on `data`, or its saved / validation evaluation) to `out`
     (default RUN/report.html). Returns (path, seconds per part)."""
-    from ..run import read_run_info
-    from ..storage import atomic_write_text, refuse_foreign_file
+    from ..run import data_root, read_run_info
+    from ..storage import HTML_MARKER, atomic_write_text, check_output_file
 
     seconds: dict[str, float] = {}
 
@@ -95,6 +96,8 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
 
     t0 = time.perf_counter()
     info = read_run_info(run)
+    path = Path(out) if out is not None else Path(run) / "report.html"
+    check_output_file(path, HTML_MARKER, data=[data, data_root(info)])  # before the work
     evaluation = timed("evaluate", plots.load_evaluation, run, data)
     curves = timed("curves", plots.run_figures, run)
     views = {f.name: f for f in timed("evaluation views", _views, evaluation)}
@@ -103,8 +106,7 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
     sheet = timed("contact sheet", _contact_sheet, evaluation, info)
     seconds["total"] = round(time.perf_counter() - t0, 3)
     page = render_page(run, info, evaluation, curves, views, cards, sheet, seconds)
-    path = Path(out) if out is not None else Path(run) / "report.html"
-    refuse_foreign_file(path, GENERATOR.encode())
+    check_output_file(path, HTML_MARKER)  # again: a file may have appeared meanwhile
     try:
         atomic_write_text(path, page)
     except OSError as exc:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PawsightError, shown
+from ..storage import PNG_SOFTWARE
 
 DPI = 80
 PLOTS_DIR = "plots"  # inside the run directory: pictures pawsight drew, redrawn by `pawsight plot`
@@ -48,8 +49,7 @@ def new_figure(width: float, height: float, ncols: int = 1):
     return fig, axes
 
 
-PNG_SOFTWARE = "pawsight"  # in every PNG pawsight draws, so a later --out may replace only its own files
-PNG_MARKER = b"Software\x00" + PNG_SOFTWARE.encode()
+# PNG_SOFTWARE goes in every PNG pawsight draws, so a later --out may replace only its own files (storage)
 
 
 def to_png(fig) -> bytes:
