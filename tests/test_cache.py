@@ -391,3 +391,73 @@ def test_decode_failures_are_remembered_per_decoder_version(tmp_path: Path, zoo)
     assert again.decoded == 2  # both tried again with this Pillow
     assert [p.name for p in again.paths] == ["photo.jpg"]  # and the readable one is no longer skipped
     np.testing.assert_array_equal(again.images[0], expected(good))
+
+
+def test_interrupted_load_keeps_its_finished_chunks_and_leaves_no_unindexed_rows(
+        tmp_path: Path, tiny: Path, monkeypatch) -> None:
+    """Issue 14.9: Ctrl-C (or a kill) in the middle of decoding. The next run reuses the chunks already done,
+    and the pool holds exactly one row per distinct picture: interruptions never make it grow."""
+    import pawsight.cache as cache_module
+
+    paths = sorted(p for p in tiny.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    assert len(paths) > 60
+    monkeypatch.setattr(cache_module, "APPEND_ROWS", 16)
+    real, calls = cache_module.decode_file, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 50:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    cache = ImageCache(tmp_path / "cache")
+    monkeypatch.setattr(cache_module, "decode_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.load(paths, PREP, workers=1)
+    monkeypatch.setattr(cache_module, "decode_file", real)
+    # a killed writer's tail: bytes appended but never indexed
+    with open(pool_file(cache), "ab") as fh:
+        fh.write(os.urandom(5 * 32 * 32 * 3 + 7))
+    again = cache.load(paths, PREP, workers=1)
+    assert len(again.paths) == len(paths)
+    assert again.decoded <= len(paths) - 32  # two finished chunks of 16 were reused, not decoded again
+    distinct = len(set(again.hashes))
+    assert pool_file(cache).stat().st_size == distinct * 32 * 32 * 3
+    for i in (0, len(paths) // 2, len(paths) - 1):
+        assert np.array_equal(again.images[i], expected(again.paths[i]))
+
+
+def test_cache_clear_deletes_only_in_a_marked_cache_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 14.3: PAWSIGHT_CACHE pointed at a user's project: nothing there is cleared (nor written), one line;
+    a cache pawsight made (or one an older pawsight wrote, recognised and marked) is cleared as before."""
+    import hashlib
+
+    from pawsight.cli import main
+
+    project = tmp_path / "project"
+    for name in ("features/notes.txt", "pixels/raw.bin", "meta.json", "files.json", "weights/w.bin",
+                 "src/main.py"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(f"user's {name}")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in project.rglob("*") if p.is_file()}
+    monkeypatch.setenv("PAWSIGHT_CACHE", str(project))
+    for args in (["cache", "clear"], ["cache", "clear", "--all"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "not empty and was not made by pawsight" in err[0]
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in project.rglob("*") if p.is_file()}
+    assert after == before
+
+    legacy = tmp_path / "legacy"  # what an older pawsight left: adopted, marked, cleared
+    ImageCache(legacy).load([], PREP)
+    (legacy / ".pawsight-folder").unlink()
+    (legacy / "meta.json").write_text("{}")
+    (legacy / "features").mkdir()
+    (legacy / "features" / "x.npy").write_bytes(b"\0" * 1000)
+    monkeypatch.setenv("PAWSIGHT_CACHE", str(legacy))
+    import pawsight.cache as cache_module
+
+    cache_module._claimed.clear()
+    assert main(["cache", "clear"]) == 0
+    assert "freed" in capsys.readouterr().out
+    assert not (legacy / "features").exists() and (legacy / ".pawsight-folder").is_file()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pawsight import download as dl
+from pawsight.storage import PNG_MARKER
 from pawsight.cache import ImageCache
 from pawsight.errors import PawsightError
 from pawsight.images import Preprocessing
@@ -213,7 +214,7 @@ def test_run_directory_write_on_full_disk_keeps_the_old_file(small_fs: Path) -> 
 def test_contact_sheet_on_full_disk_keeps_the_old_sheet(small_fs: Path, tmp_path: Path, tiny: Path,
                                                         monkeypatch, capsys) -> None:
     sheet = small_fs / "sheet.png"
-    sheet.write_bytes(b"the previous sheet")
+    sheet.write_bytes(b"the previous sheet " + PNG_MARKER)  # one pawsight wrote: it may be replaced
     fill(small_fs)
     result = cli_here(monkeypatch, capsys, "data", "inspect", str(tiny), "--size", "32", "--sheet",
                       str(sheet), cache=tmp_path / "cache")
@@ -221,7 +222,7 @@ def test_contact_sheet_on_full_disk_keeps_the_old_sheet(small_fs: Path, tmp_path
     warnings = [line for line in result.stderr.splitlines() if "contact sheet" in line]
     assert warnings == ["warning: no contact sheet: no space left on device while writing the contact sheet "
                         f"in {small_fs}; free some space or choose another --sheet"]
-    assert sheet.read_bytes() == b"the previous sheet" and temp_files(small_fs) == []
+    assert sheet.read_bytes() == b"the previous sheet " + PNG_MARKER and temp_files(small_fs) == []
 
 
 def test_download_on_full_disk_removes_the_partial_file(small_fs: Path, tmp_path: Path,

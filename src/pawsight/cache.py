@@ -13,8 +13,9 @@ them (cache_usage, clear_cache below).
 
 Entries are keyed by file *content* and preprocessing, so renaming or copying a file costs a read and a hash
 (no decode, no new row), and editing one invalidates exactly that one. Writers append rows in chunks while
-decoding, then fsync and atomically replace the index, each step under a file lock: an interrupted run leaves
-unused rows at worst, never a wrong picture. A warm load maps the pool instead of copying it (see read_rows).
+decoding, then fsync and atomically replace the index, both in one step under a file lock: an interrupted run
+keeps the chunks it finished and leaves no unindexed rows (a killed writer's tail is cut off by the next).
+A warm load maps the pool instead of copying it (see read_rows).
 """
 
 from __future__ import annotations
@@ -36,14 +37,49 @@ from .data import Sample, Skip
 from .errors import PawsightError, shown
 from .images import DECODER, ImageError, Preprocessing, file_hash, open_checked, open_rgb, perceptual_hash
 from .progress import progress
-from .storage import CACHE_ADVICE, WriteError, atomic_write_bytes, atomic_write_json, writing
+from .storage import (
+    CACHE_ADVICE,
+    FOLDER_MARK,
+    WriteError,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_folder,
+    folder_kind,
+    writing,
+)
 
 FORMAT = 2  # 2: phash from a reduced thumbnail, pixels keyed '-v2'
 APPEND_ROWS = 256  # decoded rows held in memory before they are appended to the pool
 
 
+# What an unmarked folder written by pawsight before caches were marked holds (it is adopted and marked).
+_LEGACY_ENTRIES = {"files.json", "meta.json", "pixels", "features", "onnx", "weights", "datasets", "lock",
+                   "generation"}
+_claimed: set[str] = set()
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("PAWSIGHT_CACHE") or Path.home() / ".cache" / "pawsight")
+    """THE cache folder ($PAWSIGHT_CACHE, default ~/.cache/pawsight), made and marked as pawsight's on first
+    use in a process. A folder that holds anything pawsight did not write (PAWSIGHT_CACHE=~/project) is
+    refused in one line: pawsight neither writes its cache into it nor clears anything there."""
+    root = Path(os.environ.get("PAWSIGHT_CACHE") or Path.home() / ".cache" / "pawsight")
+    claim_cache(root)
+    return root
+
+
+def claim_cache(root: Path) -> None:
+    """Make and mark `root` as a pawsight cache (once per process and folder), or refuse a foreign folder."""
+    if str(root) in _claimed or (root.exists() and not root.is_dir()):
+        return  # a file in the way: the first write says so in the cache's own words
+    with suppress(WriteError):  # a read-only or full disk: the first real write says so, with its advice
+        claim_folder(root, "cache", option="the cache folder (PAWSIGHT_CACHE)", adopt=_legacy_cache)
+        _claimed.add(str(root))
+
+
+def _legacy_cache(root: Path) -> bool:
+    names = {e.name for e in os.scandir(root)}
+    names = {n for n in names if not (n.startswith(".trash-") or n.endswith(".tmp"))}
+    return names <= _LEGACY_ENTRIES and bool(names & {"lock", "meta.json", "files.json", "generation"})
 
 
 def default_workers() -> int:
@@ -68,6 +104,7 @@ class Decoded:
 class ImageCache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        claim_cache(self.root)
 
     # -- small JSON tables ---------------------------------------------------------------------------
     def _read_json(self, path: Path) -> dict[str, Any]:
@@ -139,8 +176,6 @@ class ImageCache:
             new_files: dict[str, str] = {}
             new_meta: dict[str, Any] = {}
             rows: dict[str, np.ndarray] = {}  # decoded but not yet appended to the pool
-            written: dict[str, int] = {}  # hash -> pool row appended by this call
-            appended: list[tuple[int, int]] = []  # pool byte ranges this call appended and has not indexed
             pending = False
 
             def work(i: int) -> tuple[int, str | None, str | None, dict[str, Any] | None, np.ndarray | None]:
@@ -148,6 +183,8 @@ class ImageCache:
 
             # Threads, not processes: Pillow releases the GIL while decoding and resampling, and results
             # (150 kB of pixels each) need no pickling; rows stream to the pool in chunks: memory stays flat.
+            # Each chunk is appended and indexed in one locked step, so an interrupted run keeps every chunk
+            # it finished (the next run reuses them) and leaves no unindexed rows behind.
             pool = ThreadPoolExecutor(max_workers=workers or default_workers())
             try:
                 results = pool.map(work, todo)
@@ -164,21 +201,15 @@ class ImageCache:
                         continue
                     n_decoded += 1
                     meta[h] = new_meta[h] = info
-                    if pixels is not None and h not in index and h not in written:
+                    if pixels is not None and h not in index:
                         rows[h] = pixels
                         if len(rows) >= APPEND_ROWS:
-                            written.update(self._append_rows(prep, rows, generation, appended))
-                            rows = {}
-                if rows:
-                    written.update(self._append_rows(prep, rows, generation, appended))
-                if pending:
-                    index = self._commit(prep, written, new_files, new_meta, generation, appended)
-            except WriteError:
-                pool.shutdown(wait=True, cancel_futures=True)  # stop decoding: nothing more can be kept
-                self._discard(prep, appended, generation)
-                raise
+                            index = self._append_commit(prep, rows, new_files, new_meta, generation)
+                            rows, new_files, new_meta, pending = {}, {}, {}, False
+                if pending or rows:
+                    index = self._append_commit(prep, rows, new_files, new_meta, generation)
             except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=True)  # stop decoding: nothing more can be kept
                 raise
             pool.shutdown(wait=True)
 
@@ -195,81 +226,51 @@ class ImageCache:
             return {}
         return {h: r for h, r in index.items() if isinstance(r, int) and 0 <= r < n_rows}
 
-    def _append_rows(self, prep: Preprocessing, rows: dict[str, np.ndarray], generation: str,
-                     appended: list[tuple[int, int]]) -> dict[str, int]:
-        """Append pixel rows to the pool (under the lock, briefly); their row numbers, not yet indexed.
+    def _append_commit(self, prep: Preprocessing, rows: dict[str, np.ndarray], files: dict[str, str],
+                       meta: dict[str, Any], generation: str) -> dict[str, int]:
+        """Append pixel rows to the pool and publish them (index.json, then files.json and meta.json merged
+        with what other processes wrote), all under the cache lock; returns the index.
 
-        The byte range is added to `appended`; a failed write (disk full) cuts the pool back to where it was.
+        Every writer appends and indexes in this one locked step, so bytes past the last indexed row can only
+        be a killed writer's: they are cut off before appending (interrupted work is reclaimed, the pool
+        never grows with interruptions). A failed write (disk full) cuts the pool back to where it was.
         """
         pool_dir = self._pool_dir(prep)
         size = row_bytes(prep)
         with self._locked(), self._writing():
-            self._check_generation(generation)
-            pool_dir.mkdir(parents=True, exist_ok=True)
-            with open(pool_dir / "pool.u8", "ab", buffering=0) as fh:  # unbuffered: nothing left to flush
-                start = fh.seek(0, os.SEEK_END)
-                if start % size:  # a torn write from an interrupted run: cut back to a row boundary
-                    fh.truncate(start - start % size)
-                    start = fh.seek(0, os.SEEK_END)
-                n0 = start // size
-                try:
-                    for a in rows.values():  # straight from each array's buffer: no joined copy
-                        view = memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B")
-                        while view:  # a short write (disk filling up) is legal: write the rest
-                            view = view[fh.write(view):]
-                except BaseException:
-                    os.ftruncate(fh.fileno(), start)  # frees what this chunk wrote; needs no space
-                    raise
-                appended.append((start, fh.tell()))
-        return {h: n0 + k for k, h in enumerate(rows)}
-
-    def _discard(self, prep: Preprocessing, appended: list[tuple[int, int]], generation: str) -> None:
-        """Cut the rows this call appended but never indexed off the end of the pool (after a failed write):
-        they would only take space. Rows another process appended after them are kept (and so are ours)."""
-        if not appended:
-            return
-        try:
-            with self._locked():
-                if self._generation() != generation:
-                    return  # cleared meanwhile: the pool is another one
-                path = self._pool_dir(prep) / "pool.u8"
-                end = path.stat().st_size
-                for start, stop in reversed(appended):
-                    if stop != end:
-                        break
-                    end = start
-                os.truncate(path, end)
-        except (OSError, PawsightError):
-            pass  # best effort: unindexed rows are harmless, only wasted space
-        appended.clear()
-
-    def _commit(self, prep: Preprocessing, written: dict[str, int], files: dict[str, str],
-                meta: dict[str, Any], generation: str, appended: list[tuple[int, int]]) -> dict[str, int]:
-        """Make appended rows durable, then publish them: index.json, files.json, meta.json (merged).
-
-        Once index.json names the rows, `appended` is emptied: published rows are never cut off again.
-        """
-        pool_dir = self._pool_dir(prep)
-        with self._locked(), self._writing():
-            self._check_generation(generation)  # rows appended to a pool since deleted must not be indexed
+            self._check_generation(generation)  # rows for a pool since deleted must not be indexed
             for folder in (self.root, pool_dir):  # cache tables are only written under this lock, so a
                 for stale in folder.glob(".*.tmp"):  # temporary file seen now is a killed writer's litter
                     stale.unlink(missing_ok=True)
             index = self._valid_index(pool_dir, prep)
-            fresh = {h: r for h, r in written.items() if h not in index}  # another writer may have won
+            fresh = {h: a for h, a in rows.items() if h not in index}  # another writer may have won
             if fresh:
-                with open(pool_dir / "pool.u8", "rb") as fh:
-                    os.fsync(fh.fileno())  # rows on disk before any index points at them
-                index.update(fresh)
+                pool_dir.mkdir(parents=True, exist_ok=True)
+                with open(pool_dir / "pool.u8", "ab", buffering=0) as fh:  # unbuffered: nothing to flush
+                    indexed_end = (max(index.values()) + 1) * size if index else 0
+                    if fh.seek(0, os.SEEK_END) > indexed_end:  # unindexed rows of a killed writer
+                        fh.truncate(indexed_end)
+                    start = fh.seek(0, os.SEEK_END)
+                    n0 = start // size
+                    try:
+                        for a in fresh.values():  # straight from each array's buffer: no joined copy
+                            view = memoryview(np.ascontiguousarray(a, dtype=np.uint8)).cast("B")
+                            while view:  # a short write (disk filling up) is legal: write the rest
+                                view = view[fh.write(view):]
+                        os.fsync(fh.fileno())  # rows on disk before any index points at them
+                    except BaseException:
+                        os.ftruncate(fh.fileno(), start)  # frees what this chunk wrote; needs no space
+                        raise
+                index.update({h: n0 + k for k, h in enumerate(fresh)})
                 self._write_json(pool_dir / "index.json", index)
-            appended.clear()
-            # merge with what other processes wrote meanwhile, then replace atomically
-            disk_files = self._read_json(self.root / "files.json")
-            disk_files.update(files)
-            self._write_json(self.root / "files.json", disk_files)
-            disk_meta = self._read_json(self.root / "meta.json")
-            disk_meta.update(meta)
-            self._write_json(self.root / "meta.json", disk_meta)
+            if files:
+                disk_files = self._read_json(self.root / "files.json")
+                disk_files.update(files)
+                self._write_json(self.root / "files.json", disk_files)
+            if meta:
+                disk_meta = self._read_json(self.root / "meta.json")
+                disk_meta.update(meta)
+                self._write_json(self.root / "meta.json", disk_meta)
         return index
 
     def _gather(self, paths: list[Path], hashes: list[str | None], labels: Sequence[int] | None,
@@ -443,6 +444,9 @@ def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None
             raise PawsightError(f"the cache folder {shown(cache.root)} is a file, not a folder; "
                                 "set PAWSIGHT_CACHE to a folder")
         return 0
+    if folder_kind(cache.root) != "cache":  # only a folder carrying pawsight's cache mark is ever cleared
+        raise PawsightError(f"{shown(cache.root)} is not a pawsight cache folder (no {FOLDER_MARK} mark in "
+                            "it); nothing was deleted: check PAWSIGHT_CACHE")
     freed = 0
     with cache._locked(), cache._writing("the cache folder"):
         # Delete first, write after: on a full disk this must free space before it needs any.

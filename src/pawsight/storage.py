@@ -293,7 +293,8 @@ def claim_folder(folder: str | os.PathLike[str], kind: str, *, option: str = "--
                             "choose another folder")
     with writing(f"the {kind} folder", folder):
         if folder.is_dir():
-            present = [e.name for e in os.scandir(folder)]
+            present = [e.name for e in os.scandir(folder)  # not the mark, nor its temporary file
+                       if not e.name.lstrip(".").startswith(FOLDER_MARK.lstrip("."))]
             if present and not (adopt is not None and adopt(folder)):
                 listed = ", ".join(shown(n) for n in sorted(present)[:3])
                 raise PawsightError(f"{option} {shown(folder)} is not empty and was not made by pawsight (it "
