@@ -428,8 +428,8 @@ def test_interrupted_load_keeps_its_finished_chunks_and_leaves_no_unindexed_rows
 
 
 def test_cache_clear_deletes_only_in_a_marked_cache_folder(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Issue 14.3: PAWSIGHT_CACHE pointed at a user's project: nothing there is cleared (nor written), one line;
-    a cache pawsight made (or one an older pawsight wrote, recognised and marked) is cleared as before."""
+    """Issue 14.3: PAWSIGHT_CACHE pointed at a user's project: nothing there is cleared (nor written), one
+    line; a cache pawsight made (or one an older pawsight wrote, recognised and marked) is cleared."""
     import hashlib
 
     from pawsight.cli import main
@@ -444,7 +444,8 @@ def test_cache_clear_deletes_only_in_a_marked_cache_folder(tmp_path: Path, monke
     for args in (["cache", "clear"], ["cache", "clear", "--all"]):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: ") and "not empty and was not made by pawsight" in err[0]
+        assert len(err) == 1 and err[0].startswith("error: ")
+        assert "not empty and was not made by pawsight" in err[0]
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in project.rglob("*") if p.is_file()}
     assert after == before
 

@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 
 from pawsight import download as dl
-from pawsight.storage import PNG_MARKER
 from pawsight.cache import ImageCache
 from pawsight.errors import PawsightError
 from pawsight.images import Preprocessing
 from pawsight.run import write_run_info
-from pawsight.storage import RowStore, WriteError, atomic_write_json
+from pawsight.storage import PNG_MARKER, RowStore, WriteError, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PREP = Preprocessing(32)

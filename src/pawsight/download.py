@@ -175,7 +175,8 @@ def download(dataset: str | Remote, root: str | os.PathLike[str] | None = None, 
         except BadArchive as exc:
             if foreign_archive:  # the user's own file: reported, never deleted
                 record_path(root, remote).unlink(missing_ok=True)
-                raise BadArchive(f"{exc}; {archive} was not downloaded by pawsight: left it as it is") from None
+                raise BadArchive(f"{exc}; {archive} was not downloaded by pawsight: left it as it is"
+                                 ) from None
             archive.unlink(missing_ok=True)
             record_path(root, remote).unlink(missing_ok=True)
             raise BadArchive(f"{exc}; deleted {archive}") from None
@@ -372,7 +373,8 @@ def extract(archive: Path, target: Path, marker: dict[str, Any]) -> None:
 def check_ours(target: Path) -> None:
     """Only a folder pawsight extracted (it holds MARKER) or an empty one may be replaced; a user's own files
     under the data set's name are never renamed away or deleted."""
-    if not target.is_symlink() and target.is_dir() and ((target / MARKER).is_file() or not any(target.iterdir())):
+    if target.is_dir() and not target.is_symlink() and ((target / MARKER).is_file()
+                                                        or not any(target.iterdir())):
         return
     raise PawsightError(f"{shown(target)} exists and was not extracted by pawsight (no {MARKER} in it); "
                         "nothing was changed: move it away or choose another --dir")

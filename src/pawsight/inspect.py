@@ -197,7 +197,7 @@ def print_report(r: dict[str, Any], sheet: Path | None) -> None:
 def inspect_command(args: argparse.Namespace) -> int:
     sheet: Path | None = args.sheet
     refused = None
-    if sheet is not None:  # named by the user: refused before any work (never inside DATA, never a foreign file)
+    if sheet is not None:  # the user's: refused before any work (never inside DATA, never a foreign file)
         check_output_file(sheet, PNG_MARKER, data=args.data, option="--sheet")
     else:
         sheet = Path(f"{Path(args.data).resolve().name or 'data'}-contact-sheet.png")
