@@ -107,6 +107,47 @@ def test_overwrite_keeps_user_files_in_a_run_directory(tiny: Path, tmp_path: Pat
     assert read_run_info(run)["seed"] == 1 and not (run / ".run.json.abc123.tmp").exists()
 
 
+@pytest.mark.parametrize("mine", ["plots/mine.html", "plots/summary.json", "evaluations/my-notes.json",
+                                  "plots/confusion-matrix.png", "report.html"])
+def test_overwrite_refuses_user_files_under_pawsights_folders_and_names(tiny: Path, tmp_path: Path,
+                                                                        mine: str) -> None:
+    """Issue 14.4: the allow-list was wider than what pawsight writes: a user's page, JSON or PNG in plots/ or
+    evaluations/ (or a report.html pawsight did not write) was removed by --overwrite. Now it is refused, byte
+    for byte kept; pawsight's own plots, evaluations and report are still replaced."""
+    run = tmp_path / "run"
+    pawsight.train(tiny, out=run, **FAST_PARAMS)
+    pawsight.evaluate(run, tiny)
+    assert cli("plot", run).returncode == 0 and cli("report", run, "--top-k", "0").returncode == 0
+    (run / mine).parent.mkdir(exist_ok=True)
+    if (run / mine).exists():
+        (run / mine).unlink()  # pawsight's file of that name, replaced by the user's own
+    (run / mine).write_bytes(b"<html>the user's own work</html>")
+    before = snapshot(run)
+    line = one_error_line(cli("train", tiny, *FAST, "--out", run, "--overwrite"))
+    assert "did not write" in line and mine in line
+    assert snapshot(run) == before
+
+    (run / mine).unlink()
+    result = cli("train", tiny, *FAST, "--out", run, "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list((run / "plots").glob("*")) and list((run / "evaluations").glob("*.json"))  # new run's own
+
+
+def test_refused_or_failed_start_leaves_nothing_behind(tiny: Path, tmp_path: Path) -> None:
+    """Issue 14.13: a refused --overwrite left RUN/.lock in the user's folder; a bad --model left an empty
+    run folder."""
+    run = tmp_path / "run"
+    pawsight.train(tiny, out=run, **FAST_PARAMS)
+    (run / ".lock").unlink()
+    (run / "notes.txt").write_text("mine")
+    one_error_line(cli("train", tiny, *FAST, "--out", run, "--overwrite"))
+    assert not (run / ".lock").exists()
+
+    fresh = tmp_path / "fresh"
+    line = one_error_line(cli("train", tiny, "--model", "no-such-backbone", "--out", fresh))
+    assert "no-such-backbone" in line and not fresh.exists()
+
+
 @pytest.mark.parametrize("where", ["equal", "inside", "contains", "symlink"])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_out_overlapping_the_data_folder_is_refused(data: Path, tmp_path: Path, where: str,

@@ -80,6 +80,7 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
     check_out_vs_data(out, Path(data))
     model = make_model(approach, seed=seed, **params) if "seed" in _accepted(approach) else \
         make_model(approach, **params)
+    model.preprocessing  # noqa: B018 - resolves the model by name: a bad --model fails before --out is made
     ds = scan(data, val_fraction=val_fraction, seed=seed)
     if per_class is not None:
         ds = replace(ds, samples=per_class_subset(ds.samples, per_class, seed))
@@ -87,6 +88,7 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
         raise PawsightError(f"{data} has no training images "
                             f"(expected {data}/<class>/ or {data}/train/<class>/)")
     lock = None
+    created = not out.exists()
     if main:
         try:
             lock, note = open_for_training(out, overwrite=overwrite, resume=resume)
@@ -103,6 +105,11 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
         return _train(model, ds, data, out, approach, seed, val_fraction, drop_duplicates, cache, main, t0,
                       per_class=per_class)
     except Exception as exc:
+        if main and created and not (out / "run.json").exists() and lock is not None:
+            lock.release(remove=True)  # failed before writing anything: leave no empty run folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+            raise
         if main:
             reason = str(exc) if isinstance(exc, PawsightError) else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):  # the original error is what the user must see

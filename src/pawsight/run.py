@@ -23,6 +23,7 @@ same directory.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -35,7 +36,7 @@ from typing import Any
 
 from . import __version__
 from .errors import PawsightError, shown
-from .storage import atomic_write_json
+from .storage import HTML_MARKER, ONNX_MARKER, PNG_MARKER, atomic_write_json
 
 RUN_FORMAT = 1
 
@@ -172,13 +173,17 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
 # Files at the top of a run directory that pawsight writes.
 OWNED_FILES = frozenset({"run.json", "model.json", "model.safetensors", "history.csv", "history.json",
                          "manifest.json", "report.html", "model.onnx", ".lock"})
-# Folders pawsight writes, with the file names allowed inside them (nothing else, no sub-folders).
+# Folders pawsight writes, with the exact names of the files it writes inside them (nothing else, no
+# sub-folders). evaluations/: save_evaluation's "<data>-<split>-<UTC time>[-n].json"; plots/: plot_run's PNGs.
+_CHECKPOINT = (r"(model|optimizer|ema|best)\.safetensors", r"state\.json")
+PLOT_NAMES = ("training-curves", "learning-curve", "confusion-matrix", "per-class", "roc-pr", "calibration",
+              "top-losses")
 OWNED_DIRS: dict[str, tuple[str, ...]] = {
-    "checkpoint": (r"[\w.-]+\.safetensors", r"state\.json"),
-    "checkpoint.new": (r"[\w.-]+\.safetensors", r"state\.json"),
-    "checkpoint.old": (r"[\w.-]+\.safetensors", r"state\.json"),
-    "evaluations": (r"[^/]+\.json",),
-    "plots": (r"[^/]+\.(png|svg|json|html)",),
+    "checkpoint": _CHECKPOINT,
+    "checkpoint.new": _CHECKPOINT,
+    "checkpoint.old": _CHECKPOINT,
+    "evaluations": (r"[\w.-]+-\d{8}-\d{6}-\d{3}(-\d+)?\.json",),
+    "plots": (rf"({'|'.join(PLOT_NAMES)})\.png",),
 }
 _TMP = re.compile(r"\..+\.[\w-]+\.tmp")  # leftovers of storage.atomic_write_* killed mid-write
 
@@ -198,8 +203,30 @@ def _read_raw(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def _carries_mark(path: str, name: str) -> bool:
+    """Files whose name a user might also choose carry pawsight's mark inside (storage's markers; a saved
+    evaluation ends with the "created" stamp save_evaluation writes last); the other owned names are
+    pawsight's own vocabulary."""
+    if name.endswith((".png", ".html", ".onnx")):
+        marker = {".png": PNG_MARKER, ".html": HTML_MARKER, ".onnx": ONNX_MARKER}[Path(name).suffix]
+        try:
+            with open(path, "rb") as fh:
+                return marker in fh.read(1 << 20)
+        except OSError:
+            return False
+    if name.endswith(".json") and re.fullmatch(OWNED_DIRS["evaluations"][0], name):
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 64))
+                return re.search(rb'"created": "[\dT:Z-]+"}\s*$', fh.read()) is not None
+        except OSError:
+            return False
+    return True
+
+
 def foreign_entries(run_dir: Path) -> list[str]:
-    """Names (relative to `run_dir`) of everything pawsight did not write there."""
+    """Names (relative to `run_dir`) of everything pawsight did not write there: any name pawsight does not
+    write, and a file under one of its names that lacks its mark (a user's plots/confusion-matrix.png)."""
     foreign: list[str] = []
     for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):
         name = entry.name
@@ -211,24 +238,27 @@ def foreign_entries(run_dir: Path) -> list[str]:
                 foreign.append(name + "/")
                 continue
             for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                ok = sub.is_file(follow_symlinks=False) and (
-                    any(re.fullmatch(p, sub.name) for p in allowed) or _TMP.fullmatch(sub.name))
+                ok = sub.is_file(follow_symlinks=False) and (_TMP.fullmatch(sub.name) or (
+                    any(re.fullmatch(p, sub.name) for p in allowed) and _carries_mark(sub.path, sub.name)))
                 if not ok:
                     foreign.append(f"{name}/{sub.name}" + ("/" if sub.is_dir(follow_symlinks=False) else ""))
-        elif not (name in OWNED_FILES or _TMP.fullmatch(name)):
+        elif not (_TMP.fullmatch(name) or (name in OWNED_FILES and entry.is_file(follow_symlinks=False)
+                                           and _carries_mark(entry.path, name))):
             foreign.append(name)
     return foreign
 
 
 def _remove_owned(run_dir: Path) -> None:
     """Delete what pawsight wrote in `run_dir` (call only after foreign_entries() came back empty), file by
-    file, so anything that appeared meanwhile stays and stops the removal."""
+    file and by pawsight's own names only, so anything that appeared meanwhile stays and stops the removal."""
     for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):
         if entry.name == ".lock":
             continue  # held by this process
         if entry.is_dir(follow_symlinks=False) and entry.name in OWNED_DIRS:
+            allowed = OWNED_DIRS[entry.name]
             for sub in os.scandir(entry.path):
-                os.unlink(sub.path)
+                if _TMP.fullmatch(sub.name) or any(re.fullmatch(p, sub.name) for p in allowed):
+                    os.unlink(sub.path)
             try:
                 os.rmdir(entry.path)
             except OSError:
@@ -269,6 +299,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        self.created = not self.path.exists()  # a refusal then removes it: nothing left in the user's folder
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -285,8 +316,13 @@ class RunLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
+        """Unlock; with `remove`, also delete the lock file when this lock created it (a refused or failed
+        start leaves the folder as it found it)."""
         if self._fd is not None:
+            if remove and self.created:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -319,7 +355,7 @@ def open_for_training(out: Path, *, overwrite: bool = False, resume: bool = Fals
             _sweep_leftovers(out)
         note = "" if resume else _make_room(out, overwrite)
     except BaseException:
-        lock.release()
+        lock.release(remove=True)
         raise
     return lock, note
 

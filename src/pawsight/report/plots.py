@@ -436,11 +436,11 @@ def run_figures(run: str | Path, learning: bool = True) -> list[Figure]:
 
 def write_figures(run: str | Path, figures: list[Figure]) -> list[Path]:
     """Write figures as RUN/plots/<name>.png (atomically; only files pawsight draws live there)."""
-    from ..storage import atomic_write_bytes
+    from ..storage import PNG_MARKER, atomic_write_bytes, check_output_file
 
     paths = []
-    for f in figures:
-        path = Path(run) / PLOTS_DIR / f"{f.name}.png"
+    for f in figures:  # a user's own file under a plot's name is never replaced (one line instead)
+        path = check_output_file(Path(run) / PLOTS_DIR / f"{f.name}.png", PNG_MARKER, option="plot")
         atomic_write_bytes(path, f.png)
         paths.append(path)
     return paths
