@@ -125,6 +125,25 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
             lock.release()
 
 
+MIN_VALIDATION_PER_CLASS = 5  # below this, one picture moves a class's validation accuracy by 20+ points
+
+
+def thin_validation(counts: dict[str, int], validated: bool) -> list[str]:
+    """Warnings for classes whose validation accuracy means little: a class with one picture must not read as
+    "validation accuracy 100%" without a word."""
+    if not validated:
+        return []
+    out = []
+    for name, n in counts.items():
+        if n == 0:
+            out.append(f"class {name!r} has no validation pictures: the validation accuracy says nothing "
+                       "about it (add pictures, or give a validation/ folder)")
+        elif n < MIN_VALIDATION_PER_CLASS:
+            out.append(f"class {name!r} has only {n} validation picture(s): its share of the validation "
+                       f"accuracy rests on so few that one picture moves it by {100 // n} points")
+    return out
+
+
 def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: int, val_fraction: float,
            drop_duplicates: bool, cache: ImageCache | None, main: bool, t0: float,
            per_class: int | None = None):
@@ -210,6 +229,7 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
                  "ignored": [s.to_dict() for s in ds.ignored],
                  "dropped_duplicates": dropped},
         "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()}, **graph,
+        "warnings": thin_validation(counts_of(ds.classes, va.labels), bool(ds.split("validation"))),
     }
     write_run_info(out, info)
     _draw_curves(out)

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from .errors import PawsightError, shown
-from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .options import check_param
+from .run import discard_run, install_run
+from .storage import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    claim_folder,
+    refuse_inside_data,
+)
 
 PathLike = str | os.PathLike[str]
 APPROACHES = ("classical", "transfer", "scratch")
@@ -95,8 +103,11 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
 
     t0 = time.perf_counter()
     params_by_approach = params
+    check_param("seed", seed)
+    check_param("time_budget", time_budget)
     out = Path(out) if out is not None else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    _claim_output(out, "compare.json", overwrite)
+    refuse_inside_data(out, data)
+    _claim_output(out, overwrite)
     ds = scan(data, seed=seed)
     counts = ds.counts().get("train", {})
     if not counts:
@@ -132,13 +143,16 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
                 say(f"{approach} at {row.size_label} per class: skipped (time budget exhausted)")
                 continue
             run_dir = out / "runs" / f"{approach}-{row.size_label}"
-            t = time.perf_counter()
+            staging = run_dir.with_name(f".new-{run_dir.name}")  # an earlier compare's run stays until
+            t = time.perf_counter()                                # this one has succeeded
             try:
-                model, info = api.train(data, approach, run_dir, seed=seed, per_class=size,
+                model, info = api.train(data, approach, staging, seed=seed, per_class=size,
                                         overwrite=True, **params)
+                install_run(staging, run_dir)
             except PawsightError as exc:  # e.g. too few textured pictures for visual words: go on
                 row.note = f"failed: {exc}"
                 say(f"{approach} at {row.size_label} per class: {shown(exc)}")
+                discard_run(staging)
                 continue
             row.train_seconds = round(time.perf_counter() - t, 3)
             row.n_train = int(info["metrics"]["train_size"])
@@ -158,8 +172,16 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
 
         shutil.rmtree(speed_cache, ignore_errors=True)
     result = _compare_result(data, approaches, plan, time_budget, t0, rows)
+    failed = [r for r in rows if r.note.startswith("failed")]
+    if not any(r.accuracy is not None for r in rows):  # never replace earlier results with nothing
+        first = f" (first: {failed[0].approach} at {failed[0].size_label} per class: {failed[0].note})" \
+            if failed else ""
+        kept = "; the results already in it are kept" if (out / "compare.json").is_file() else ""
+        raise PawsightError(f"nothing was compared: no point trained{first}; nothing written to "
+                            f"{shown(out)}{kept}")
     write_compare(out, rows, result)  # also after each point: an interrupted compare keeps what it measured
     result["out"] = str(out)
+    result["failed"] = len(failed)
     return result
 
 
@@ -170,16 +192,12 @@ def _compare_result(data: PathLike, approaches: Any, plan: list[int | None], tim
             "seconds": round(time.perf_counter() - t0, 3), "rows": [asdict(r) for r in rows]}
 
 
-def _claim_output(out: Path, marker: str, overwrite: bool) -> None:
-    """`out` must be new, empty, or (with overwrite) a folder pawsight wrote for the same command."""
-    if out.exists() and not out.is_dir():
-        raise PawsightError(f"{out} is a file; --out takes a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / marker).is_file():
-            raise PawsightError(f"{out} already holds files pawsight did not write; choose another --out")
-        if not overwrite:
-            raise PawsightError(f"{out} already holds results; choose another --out or add --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+def _claim_output(out: Path, overwrite: bool) -> None:
+    """`out` must be new, empty, or a compare folder pawsight made (its mark; a folder holding compare.json
+    from before folders were marked is adopted); with results in it, only with `overwrite`."""
+    claim_folder(out, "compare", adopt=lambda folder: (folder / "compare.json").is_file())
+    if (out / "compare.json").is_file() and not overwrite:
+        raise PawsightError(f"{shown(out)} already holds results; choose another --out or add --overwrite")
 
 
 def _n_train(counts: dict[str, int], size: int | None) -> int:

@@ -403,6 +403,8 @@ def print_train_summary(info: dict[str, Any]) -> None:
               f"({val['n_errors']} errors)")
     for s in info["data"].get("ignored", []):
         print(f"warning: not used: {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
+    for w in info.get("warnings", []):
+        print(f"warning: {shown(w)}", file=sys.stderr)
     skipped = info["data"]["skipped"]
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
@@ -416,9 +418,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     result = evaluate(args.run, args.data, split=args.split, save=not args.no_save, threshold=args.threshold)
     if result.get("save_error"):
         print(f"note: the evaluation was not saved in {args.run} ({result['save_error']})", file=sys.stderr)
+    status = EXIT_SKIPPED if result["skipped"] else EXIT_OK  # the same whatever the output format
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return status
     manifest = result.get("selection") == "manifest"
     which = ": the pictures the run validated on, from its manifest" if manifest else ""
     print(f"{shown(result['run'])} on {shown(result['data'])} ({result['split']}{which}): accuracy "
@@ -440,7 +443,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(f"skipped {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
     if result.get("saved"):
         print(f"saved with one prediction per picture: {shown(result['saved'])}", file=sys.stderr)
-    return EXIT_SKIPPED if result["skipped"] else EXIT_OK
+    return status
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -519,12 +522,15 @@ def compare_command(args: argparse.Namespace) -> int:
     result = compare(args.data, parse_approaches(args.approaches), parse_sizes(args.sizes),
                      time_budget=args.time_budget, out=args.out, seed=args.seed, overwrite=args.overwrite,
                      say=lambda line: print(line, file=sys.stderr))
+    status = EXIT_SKIPPED if result["failed"] else EXIT_OK  # the same whatever the output format
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return status
     print(format_leaderboard([CompareRow(**r) for r in result["rows"]]))
     print(f"compared in {result['seconds']:.0f} s; charts, compare.csv and compare.html in {result['out']}")
-    return 0
+    if result["failed"]:
+        print(f"warning: {result['failed']} point(s) failed (listed above)", file=sys.stderr)
+    return status
 
 
 def cache_command(args: argparse.Namespace) -> int:
@@ -593,8 +599,9 @@ def report_command(args: argparse.Namespace) -> int:
         from .storage import PNG_MARKER, atomic_write_bytes, check_output_file
 
         data = data_root(read_run_info(args.run)) if is_run_dir(args.run) else None
-        if args.out is not None:  # checked before the 10-15 s of work, not after
-            check_output_file(args.out, PNG_MARKER, data=data)
+        early = args.out or (Path(f"{args.image.name}.{args.method}.png") if args.method else None)
+        if early is not None:  # checked before the 10-15 s of work, not after
+            check_output_file(early, PNG_MARKER, data=data)
         e = explain(args.run, args.image, method=args.method or "auto", target=args.target)
         out = check_output_file(args.out or Path(f"{args.image.name}.{e.method}.png"), PNG_MARKER, data=data)
         atomic_write_bytes(out, render(e), what="the explanation")

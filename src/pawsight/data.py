@@ -99,11 +99,27 @@ def counts_of(classes: list[str], labels: np.ndarray | list[int]) -> dict[str, i
     return {name: c.get(i, 0) for i, name in enumerate(classes)}
 
 
-def list_files(folder: Path, skipped: list[Skip], ignored: list[Skip] | None = None) -> list[Path]:
-    """All non-hidden files below `folder`, sorted; follows symlinks but never loops; run directories
-    inside it are left out (noted in `ignored`)."""
+INSIDE_LINK = ("a symbolic link to a folder inside the data folder: not followed (its pictures would be "
+               "read twice, under another class)")
+
+
+def links_inside(path: Path, root: str | None) -> bool:
+    """Is `path` a symbolic link to a folder at or below the data folder `root` (a real path)? Such a link is
+    never followed: `dogs/loop -> DATA` would file every cat under dogs too. Links leading outside the data
+    folder (pictures kept elsewhere) are followed."""
+    if root is None or not path.is_symlink():
+        return False
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def list_files(folder: Path, skipped: list[Skip], ignored: list[Skip] | None = None,
+               root: Path | None = None) -> list[Path]:
+    """All non-hidden files below `folder`, sorted; follows symlinks but never loops, and never into the
+    data folder `root` again (links_inside); run directories inside it are left out (noted in `ignored`)."""
     found: list[Path] = []
     seen: set[str] = set()
+    real_root = os.path.realpath(root) if root is not None else None
 
     def walk(directory: Path) -> None:
         real = os.path.realpath(directory)
@@ -125,7 +141,10 @@ def list_files(folder: Path, skipped: list[Skip], ignored: list[Skip] | None = N
             except OSError:
                 is_dir = False
             if is_dir:
-                if path.suffix.lower() in IMAGE_SUFFIXES:
+                if links_inside(path, real_root):
+                    if ignored is not None:
+                        ignored.append(Skip(str(path), INSIDE_LINK))
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
                     skipped.append(Skip(str(path), "is a directory, not an image file"))
                 elif is_run_dir(path):
                     if ignored is not None:
@@ -179,7 +198,7 @@ def loose_files(folder: Path) -> list[Path]:
 
 
 def read_classes(folder: Path, dirs: dict[str, Path], where: str, skipped: list[Skip], ignored: list[Skip],
-                 ) -> dict[str, list[Path]]:
+                 root: Path) -> dict[str, list[Path]]:
     """class -> files for each of `dirs` (sub-folders of `folder`) holding a picture (rules 2 and 4); the
     others, and files lying loose in `folder`, are noted in `ignored`."""
     out: dict[str, list[Path]] = {}
@@ -187,8 +206,11 @@ def read_classes(folder: Path, dirs: dict[str, Path], where: str, skipped: list[
         if is_run_dir(path):
             ignored.append(Skip(str(path), "a pawsight run directory (holds run.json), not a class"))
             continue
+        if links_inside(path, os.path.realpath(root)):
+            ignored.append(Skip(str(path), INSIDE_LINK))
+            continue
         listed: list[Skip] = []
-        files = list_files(path, listed, ignored)
+        files = list_files(path, listed, ignored, root=root)
         if not any(looks_like_picture(f) for f in files):
             ignored.append(Skip(str(path), f"no pictures in it, so not a class{where}"))
             continue
@@ -242,7 +264,7 @@ def scan(root: str | os.PathLike[str], val_fraction: float = 0.2, seed: int = 0)
             ignored.append(Skip(str(f), "not inside a split folder"))
     else:  # rule 5: class folders are the training pictures; validation/ and test/ folders kept as given
         layout = "class-folders"
-        classes_here = read_classes(root, plain, "", skipped, ignored)
+        classes_here = read_classes(root, plain, "", skipped, ignored, root)
         if classes_here:
             per_split["train"] = classes_here
         elif split_dirs:
@@ -250,7 +272,8 @@ def scan(root: str | os.PathLike[str], val_fraction: float = 0.2, seed: int = 0)
     for split in SPLITS:
         if split in split_dirs:
             folder = split_dirs[split]
-            per_split[split] = read_classes(folder, sub_dirs(folder), f" of {folder.name}/", skipped, ignored)
+            per_split[split] = read_classes(folder, sub_dirs(folder), f" of {folder.name}/", skipped, ignored,
+                                            root)
     classes = sorted({c for files in per_split.values() for c in files})
     check_classes(root, classes, ignored)
     index = {c: i for i, c in enumerate(classes)}

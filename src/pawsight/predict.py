@@ -51,9 +51,12 @@ def iter_inputs(items: list[str], stdin: TextIO | None = None) -> Iterator[str |
                 else:
                     yield found
             if not matched:
-                yield Skip(item, "no file matches this pattern")
+                yield Skip(item, NO_MATCH)
         else:
-            yield Skip(item, "no such file or folder")
+            yield Skip(item, NO_SUCH_PATH)
+
+
+NO_MATCH, NO_SUCH_PATH = "no file matches this pattern", "no such file or folder"
 
 
 def walk(folder: Path, seen: set[str] | None = None) -> Iterator[str | Skip]:
@@ -113,9 +116,10 @@ class Writer:
     def __init__(self, fmt: str, classes: list[str], top_k: int, out: TextIO) -> None:
         self.fmt, self.classes, self.top_k, self.out = fmt, classes, max(1, top_k), out
         self.csv = csv.writer(out) if fmt == "csv" else None
-        if self.csv is not None:
-            self.csv.writerow(["path", "label", "probability", *[f"p_{c}" for c in classes], "unknown_score",
-                               "error"])
+        if self.csv is not None:  # CSV cells are shown(): an ESC in a class or file name never reaches a
+            # terminal (JSON escapes control characters itself and keeps the exact names)
+            self.csv.writerow(["path", "label", "probability", *[f"p_{shown(c)}" for c in classes],
+                               "unknown_score", "error"])
 
     def top(self, record: dict[str, Any]) -> list[tuple[str, float]]:
         ranked = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
@@ -129,7 +133,7 @@ class Writer:
             self.out.write(json.dumps(obj) + "\n")
         elif self.csv is not None:
             score = record["unknown_score"]
-            self.csv.writerow([path, record["label"], f"{record['probability']:.6f}",
+            self.csv.writerow([shown(path), shown(record["label"]), f"{record['probability']:.6f}",
                                *[f"{record['probabilities'][c]:.6f}" for c in self.classes],
                                "" if score is None else f"{score:.6f}", ""])
         else:
@@ -141,7 +145,7 @@ class Writer:
         if self.fmt == "json":
             self.out.write(json.dumps({"path": path, "error": reason}) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([path, "", "", *["" for _ in self.classes], "", reason])
+            self.csv.writerow([shown(path), "", "", *["" for _ in self.classes], "", shown(reason)])
         print(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
 
 
@@ -156,17 +160,22 @@ def predict_command(args: argparse.Namespace) -> int:
         raise PawsightError("--batch-size must be at least 1")
     if args.images.count("-") > 1:
         raise PawsightError("'-' (paths on stdin) can be given only once")
-    missing = [p for p in args.images if p != "-" and not GLOB_CHARS & set(p) and not os.path.lexists(p)]
+    missing = [p for p in args.images if p != "-" and not os.path.lexists(p)
+               and (not GLOB_CHARS & set(p) or next(glob.iglob(p, recursive=True), None) is None)]
     if len(missing) == len(args.images):
-        raise PawsightError(f"no such file or folder: {', '.join(shown(p) for p in missing)}")
+        patterns = sum(bool(GLOB_CHARS & set(p)) for p in missing)
+        what = ("no such file or folder" if not patterns else "no file matches" if patterns == len(missing)
+                else "no such file or folder, and no file matches the patterns")
+        raise PawsightError(f"{what}: {', '.join(shown(p) for p in missing)}")
     predictor = load(args.run, threshold=args.threshold)
     writer = Writer(fmt, predictor.classes_, args.top_k, sys.stdout)
-    n_skipped = n_labelled = 0
+    n_skipped = n_labelled = n_missing = 0
     try:
         with bar(total=None, desc="predicting", unit="img") as progress:
             for path, record, reason in predict_stream(predictor, iter_inputs(args.images), args.batch_size):
                 if record is None:
                     n_skipped += 1
+                    n_missing += reason in (NO_MATCH, NO_SUCH_PATH)
                     writer.skipped(path, str(reason))
                 else:
                     n_labelled += 1
@@ -178,6 +187,8 @@ def predict_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not n_labelled:  # nothing labelled is a usage error (exit 2), as for any other command
         where = ", ".join(shown(p) for p in args.images)
-        raise PawsightError(f"none of the {n_skipped} file(s) in {where} is a readable picture" if n_skipped
-                            else f"no pictures found in {where}")
+        if n_skipped and n_missing == n_skipped:
+            raise PawsightError(f"no such file, and no file matches: {where}")
+        raise PawsightError(f"none of the {n_skipped - n_missing} file(s) in {where} is a readable picture"
+                            if n_skipped else f"no pictures found in {where}")
     return EXIT_SKIPPED if n_skipped else EXIT_OK

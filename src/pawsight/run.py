@@ -268,6 +268,37 @@ def _remove_owned(run_dir: Path) -> None:
             os.unlink(entry.path)
 
 
+def discard_run(run_dir: str | os.PathLike[str]) -> bool:
+    """Remove a run directory that holds only what pawsight wrote (a failed or replaced one); anything else in
+    it keeps the folder where it is. True when it is gone."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir() or foreign_entries(run_dir):
+        return False
+    try:
+        _remove_owned(run_dir)
+        (run_dir / ".lock").unlink(missing_ok=True)
+        run_dir.rmdir()
+    except (OSError, PawsightError):
+        return False
+    return True
+
+
+def install_run(new: Path, final: Path) -> None:
+    """Put the finished run `new` at `final` (same parent folder), replacing an earlier pawsight run there
+    only once `new` exists: a failed training never costs the earlier result."""
+    if final.exists() or final.is_symlink():
+        foreign = foreign_entries(final) if final.is_dir() and not final.is_symlink() else [final.name]
+        if foreign or not is_run_dir(final):
+            raise PawsightError(f"{shown(final)} holds files pawsight did not write ({_listing(foreign)}); "
+                                "nothing was replaced: move them away")
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(new, final)
+        discard_run(old)
+    else:
+        os.replace(new, final)
+
+
 def _listing(names: list[str], limit: int = 3) -> str:
     shown_names = ", ".join(shown(n) for n in names[:limit])
     return shown_names + (f" and {len(names) - limit} more" if len(names) > limit else "")

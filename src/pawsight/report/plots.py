@@ -267,7 +267,10 @@ def confusion(evaluation: dict[str, Any]) -> Figure:
 
 
 def _short(name: str, n: int = 18) -> str:
-    """A class name for a tick or legend label: shortened, and '$' escaped so it is never parsed as math."""
+    """A class name for a tick or legend label: control characters shown as escapes (a missing-glyph warning
+    would otherwise print them raw to the terminal), shortened, and '$' escaped so it is never parsed as
+    math."""
+    name = shown(name)
     name = name if len(name) <= n else name[:n - 1] + "…"
     return name.replace("$", r"\$")
 
@@ -329,7 +332,7 @@ def roc_pr(evaluation: dict[str, Any]) -> Figure | None:
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
     for ax in (roc_ax, pr_ax):
         ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
-    note = (f"positive class: {classes[1]}" if k == 2 else "each class against the rest")
+    note = (f"positive class: {_short(classes[1], 40)}" if k == 2 else "each class against the rest")
     return Figure("roc-pr", "ROC and precision-recall", to_png(fig), {"curves": curves, "mode": (
         "binary" if k == 2 else "one-vs-rest")}, note=note)
 
