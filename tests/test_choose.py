@@ -132,9 +132,13 @@ def test_compare_html_escapes_names() -> None:
 
 
 def test_compare_skips_points_when_the_budget_is_spent(tiny: Path, tmp_path: Path) -> None:
-    result = choose.compare(tiny, ["classical"], [4, 8], time_budget=0.0, out=tmp_path / "c")
-    assert [r["note"] for r in result["rows"]] == ["skipped: time budget exhausted"] * 2
-    assert all(r["accuracy"] is None for r in result["rows"])
+    says: list[str] = []
+    with pytest.raises(PawsightError, match="nothing was compared"):  # and nothing written (issue 14.5)
+        choose.compare(tiny, ["classical"], [4, 8], time_budget=1e-9, out=tmp_path / "c", say=says.append)
+    assert says == [f"classical at {n} per class: skipped (time budget exhausted)" for n in (4, 8)]
+    assert not (tmp_path / "c" / "compare.csv").exists()
+    with pytest.raises(PawsightError, match="time_budget must be greater than 0"):
+        choose.compare(tiny, ["classical"], [4], time_budget=0.0, out=tmp_path / "d")
 
 
 @pytest.fixture(scope="module")

@@ -744,6 +744,8 @@ def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fracti
     """Data + hardware + calibration -> estimated training time of each recipe (default: RECIPES, every
     approach) and a recommendation."""
     t0 = time.perf_counter()
+    for name, value in (("time_budget", time_budget), ("seed", seed), ("val_fraction", val_fraction)):
+        check_param(name, value)  # before any work, as for train and compare
     d = describe_data(data, seed=seed, val_fraction=val_fraction)
     hw = describe_hardware()
     recipes = recipes or RECIPES
