@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pawsight's one entry point for newcomers and CI.
 #   ./run.sh demo [--data DIR]   set up, then download (or use DIR), inspect, train, evaluate, predict
-#   ./run.sh test [PYTEST ARGS]  set up, then lint and run the test suite
+#   ./run.sh test [PYTEST ARGS]  set up, then lint and run the test suite (one worker per core;
+#                                -m "not slow" for the quick edit-loop tier)
 #   ./run.sh bench [NAME]        set up, then run benchmarks/ (prints tables)
 #   ./run.sh notebook            set up (+ JupyterLab, once), then open the lesson notebook
 #   ./run.sh setup               only create/refresh the environment in .venv
@@ -98,7 +99,12 @@ case "$cmd" in
     setup
     ensure_chromium
     "$VENV/bin/ruff" check src tests benchmarks notebooks
-    "$VENV/bin/python" -m pytest -q "$@"
+    # one pytest worker per core (pytest-xdist) unless the caller chose (-n N, -p no:xdist)
+    parallel=(-n auto)
+    for arg in "$@"; do
+      case "$arg" in -n|-n[0-9]*|--numprocesses*|no:xdist) parallel=() ;; esac
+    done
+    "$VENV/bin/python" -m pytest -q "${parallel[@]}" "$@"
     ;;
   bench) setup; "$VENV/bin/python" benchmarks/run.py "$@" ;;
   notebook)

@@ -266,7 +266,7 @@ def test_phash_finds_resized_reencoded_copies(tmp_path: Path, tiny: Path) -> Non
 def test_cache_info_and_clear(tmp_path: Path, zoo, monkeypatch, capsys) -> None:
     """info counts what is there; clear frees the rebuildable parts (and only them), and the next load
     decodes again into identical pixels; one resolution can go alone; downloads stay unless named."""
-    from pawsight.cache import REBUILT, cache_usage, clear_cache
+    from pawsight.cachedir import REBUILT, cache_usage, clear_cache
     from pawsight.cli import main
     from pawsight.storage import RowStore
 
@@ -320,7 +320,7 @@ def test_clear_during_a_load_stops_it_not_wrong_rows(tmp_path: Path, zoo, monkey
     """A clear between reading the index and using its row numbers (reader), or between appending rows and
     indexing them (writer), must stop that load with 'run it again'; the next load is correct."""
     import pawsight.cache as cache_module
-    from pawsight.cache import clear_cache
+    from pawsight.cachedir import clear_cache
     from pawsight.errors import PawsightError
 
     folder, valid, _ = zoo
@@ -456,9 +456,9 @@ def test_cache_clear_deletes_only_in_a_marked_cache_folder(tmp_path: Path, monke
     (legacy / "features").mkdir()
     (legacy / "features" / "x.npy").write_bytes(b"\0" * 1000)
     monkeypatch.setenv("PAWSIGHT_CACHE", str(legacy))
-    import pawsight.cache as cache_module
+    import pawsight.cachedir
 
-    cache_module._claimed.clear()
+    pawsight.cachedir._claimed.clear()
     assert main(["cache", "clear"]) == 0
     assert "freed" in capsys.readouterr().out
     assert not (legacy / "features").exists() and (legacy / ".pawsight-folder").is_file()

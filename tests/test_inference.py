@@ -15,7 +15,7 @@ from sklearn.base import clone
 
 import pawsight
 from pawsight import api
-from pawsight.cache import default_cache_dir
+from pawsight.cachedir import default_cache_dir
 from pawsight.errors import PawsightError
 from pawsight.inference import UNKNOWN, OnnxPredictor, Predictor, decide
 from pawsight.inference import load as load_predictor

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pawsight.backbones import create_backbone
-from pawsight.cache import ImageCache, default_cache_dir
+from pawsight.cache import ImageCache
+from pawsight.cachedir import default_cache_dir
 from pawsight.data import scan
 from pawsight.errors import PawsightError
 from pawsight.images import Preprocessing

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import default_cache_dir
+from .cachedir import default_cache_dir
 from .errors import PawsightError
 from .storage import atomic_write_bytes
 

@@ -443,7 +443,7 @@ def describe_data(data: PathLike, seed: int = 0, val_fraction: float = 0.2, head
 
 def describe_hardware() -> dict[str, Any]:
     """Cores, RAM, and a GPU with its memory when PyTorch sees one (torch imported only if installed)."""
-    from .cache import default_workers
+    from .system import default_workers
 
     cores = default_workers()
     try:

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--val-fraction", type=float, default=0.2)
     adv.add_argument("--json", action="store_true", help="print the advice as one JSON object")
 
-    from .cache import CACHE_PARTS, REBUILT
+    from .cachedir import CACHE_PARTS, REBUILT
 
     ca = sub.add_parser("cache", help="show or free the cache folder ($PAWSIGHT_CACHE, ~/.cache/pawsight)")
     csub = ca.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -534,7 +534,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def cache_command(args: argparse.Namespace) -> int:
-    from .cache import CACHE_PARTS, REBUILT, cache_usage, clear_cache
+    from .cachedir import CACHE_PARTS, REBUILT, cache_usage, clear_cache
 
     if args.cache_command == "clear":
         parts = list(CACHE_PARTS) if args.all else (args.parts or list(REBUILT))

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .cache import default_cache_dir
+from .cachedir import default_cache_dir
 from .errors import PawsightError, shown
 from .progress import bar, progress
 from .storage import DISK_ERRORS, FULL, atomic_write_json, atomic_write_text, disk_error

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """accuracy, log-loss, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # 1.5 s: only when scoring
+
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     n = len(y_true)

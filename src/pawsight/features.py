@@ -31,10 +31,11 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from .cache import default_cache_dir, default_workers
+from .cachedir import default_cache_dir
 from .errors import PawsightError
 from .progress import bar
 from .storage import RowStore
+from .system import default_workers
 
 
 class Extractor:

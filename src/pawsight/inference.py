@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .cache import default_workers
 from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, to_rgb
+from .system import default_workers
 
 UNKNOWN = "unknown"  # the label of a picture that belongs to none of the classes
 ONNX_METADATA_KEY = "pawsight"  # metadata_props entry holding the JSON description of an exported model

@@ -495,7 +495,7 @@ def sha256_many(paths: list[Path]) -> list[str | None]:
         except OSError:
             return None
 
-    from .cache import default_workers
+    from .system import default_workers
 
     workers = min(8, default_workers())
     with ThreadPoolExecutor(workers) as pool:

@@ -502,7 +502,7 @@ def default_threads(local_processes: int = 1) -> int:
 
 
 def available_cores() -> int:
-    from .cache import default_workers
+    from .system import default_workers
 
     return default_workers()
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..backbones import DEFAULT_BACKBONE, BackboneSpec, FeatureExtractor, resolve
-from ..cache import default_cache_dir
+from ..cachedir import default_cache_dir
 from ..errors import PawsightError
 from ..images import Preprocessing
 from ..storage import RowStore
