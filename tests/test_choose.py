@@ -205,7 +205,7 @@ def test_auto_picks_the_best_cross_validated_candidate_and_records_all(tiny: Pat
     assert auto["advice"]["recommendation"]["reasons"]
     assert all(c["cv_pictures"] == 80 for c in auto["candidates"])  # every training picture, no validation
     # no budget for cross-validation: nothing is cross-validated, the fastest candidate is trained anyway
-    _, info = choose.auto_train(tiny, tmp_path / "none", time_budget=0.0, candidates=candidates)
+    _, info = choose.auto_train(tiny, tmp_path / "none", time_budget=1e-3, candidates=candidates)
     auto = info["auto"]
     assert all(c.get("cv_accuracy") is None for c in auto["candidates"])
     assert "without cross-validation" in next(c for c in auto["candidates"]

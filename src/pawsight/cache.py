@@ -199,11 +199,12 @@ class ImageCache:
                             while view:  # a short write (disk filling up) is legal: write the rest
                                 view = view[fh.write(view):]
                         os.fsync(fh.fileno())  # rows on disk before any index points at them
-                    except BaseException:
+                        self._write_json(pool_dir / "index.json",
+                                         {**index, **{h: n0 + k for k, h in enumerate(fresh)}})
+                    except BaseException:  # rows no index names would only take space
                         os.ftruncate(fh.fileno(), start)  # frees what this chunk wrote; needs no space
                         raise
                 index.update({h: n0 + k for k, h in enumerate(fresh)})
-                self._write_json(pool_dir / "index.json", index)
             if files:
                 disk_files = self._read_json(self.root / "files.json")
                 disk_files.update(files)

@@ -878,6 +878,7 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
     from .run import read_run_info, write_run_info
 
     t0 = time.perf_counter()
+    check_param("time_budget", time_budget)
     out = Path(out) if out is not None else Path("runs") / f"auto-{time.strftime('%Y%m%d-%H%M%S')}"
     if ((out / "run.json").exists() or (out / "checkpoint").exists()) and not overwrite:
         raise PawsightError(f"{out} already holds a run; choose another --out or add --overwrite")
