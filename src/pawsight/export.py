@@ -28,9 +28,9 @@ import numpy as np
 from . import __version__
 from .errors import PawsightError, shown
 from .inference import ONNX_METADATA_KEY, onnx_session, run_session
+from .onnx_check import EXPORT_FORMAT, check_graph
 from .storage import atomic_write_bytes
 
-EXPORT_FORMAT = 1
 PARITY_LIMIT = 1e-4  # largest |probability difference| ONNX Runtime vs PyTorch that export accepts
 PARITY_PICTURES = 16
 
@@ -68,6 +68,7 @@ def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
     entry = graph.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
     blob = graph.SerializeToString()
+    check_graph(blob, str(path))  # what every loader will check: refused now rather than at first use
 
     X, where = (samples, "given") if samples is not None else sample_pictures(info, model.preprocessing)
     torch_p, torch_s = run_module(module, X)
@@ -146,7 +147,7 @@ def _check_target(path: Path) -> None:
         try:
             import onnx
 
-            old = onnx.load_model(str(path))
+            old = onnx.load_model(str(path), load_external_data=False)
             ours = any(p.key == ONNX_METADATA_KEY for p in old.metadata_props)
         except Exception:  # noqa: BLE001 - unreadable: not ours
             ours = False

@@ -20,7 +20,6 @@ by the CLI, the Python API, evaluation and the server, so every surface gives th
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,9 +30,10 @@ import numpy as np
 from .cache import default_workers
 from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, to_rgb
+from .onnx_check import METADATA_KEY as ONNX_METADATA_KEY  # noqa: F401 - export writes it under this key
+from .onnx_check import check_graph
 
 UNKNOWN = "unknown"  # the label of a picture that belongs to none of the classes
-ONNX_METADATA_KEY = "pawsight"  # metadata_props entry holding the JSON description of an exported model
 PathLike = str | os.PathLike[str]
 
 
@@ -233,22 +233,22 @@ class ModulePredictor(Predictor):
 
 class OnnxPredictor(Predictor):
     """An ONNX graph written by `pawsight export` (an .onnx file, or RUN/model.onnx of a deep run) on ONNX
-    Runtime: no PyTorch needed."""
+    Runtime: no PyTorch needed. The graph may come from anyone, so `onnx_check.check_graph` vets it before
+    ONNX Runtime sees it (no external data, exactly the inputs, outputs and metadata export writes)."""
 
     def __init__(self, blob: bytes, name: str, threshold: float | None, threads: int | None = None,
                  info: dict[str, Any] | None = None) -> None:
+        from .errors import shown
+
+        meta = check_graph(blob, name)
         try:
             self.runner = OnnxRunner(blob, threads)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is one sentence
-            raise PawsightError(f"{name} is not an ONNX model that ONNX Runtime can run "
-                                f"({(str(exc).splitlines() or [''])[0][:160]})") from None
-        meta = _onnx_metadata(self.runner.session, name)
-        try:
-            self.approach = str(meta["approach"])
-            self.classes_ = [str(c) for c in meta["classes"]]
-            self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PawsightError(f"{name} has incomplete pawsight metadata ({exc})") from None
+            raise PawsightError(f"{shown(name)} is not an ONNX model that ONNX Runtime can run "
+                                f"({shown((str(exc).splitlines() or [''])[0][:160])})") from None
+        self.approach = str(meta["approach"])
+        self.classes_ = [str(c) for c in meta["classes"]]
+        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.info = info if info is not None else meta
         neither = meta.get("neither") or None
         self.has_score = neither is not None
@@ -261,25 +261,36 @@ class OnnxPredictor(Predictor):
         return proba, (score if self.has_score else None)
 
 
-def _onnx_metadata(session: Any, path: str) -> dict[str, Any]:
-    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-    if text is None:
-        raise PawsightError(f"{path} is an ONNX model but not one exported by 'pawsight export' (no "
-                            f"'{ONNX_METADATA_KEY}' metadata)")
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise PawsightError(f"{path} has damaged pawsight metadata")
-    return meta
+_NO_EXTERNAL_DATA: str | None = None  # an empty private folder: where ONNX Runtime may look for external data
+
+
+def _empty_folder() -> str:
+    """An empty folder only this process can write, removed at exit (see onnx_session)."""
+    global _NO_EXTERNAL_DATA
+    if _NO_EXTERNAL_DATA is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _NO_EXTERNAL_DATA = tempfile.mkdtemp(prefix="pawsight-no-external-data-")
+        atexit.register(shutil.rmtree, _NO_EXTERNAL_DATA, True)
+    return _NO_EXTERNAL_DATA
 
 
 def onnx_session(blob: bytes, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for a graph held in memory, using every core for each batch."""
+    """An ONNX Runtime CPU session for a graph held in memory, using every core for each batch.
+
+    Always from bytes, never from a path, and with ONNX Runtime's external-data folder set to an empty
+    private folder: loaded from memory, ONNX Runtime otherwise reads a tensor's "external data" relative to
+    the current folder, so a graph naming "secret.txt" would carry that file's bytes into its outputs.
+    onnx_check.check_graph refuses such graphs first; this is the second wall (ONNX Runtime 1.32 has no
+    switch that turns external data off, so the folder it may read from holds nothing)."""
     import onnxruntime as ort
 
+    if not isinstance(blob, bytes | bytearray):
+        raise TypeError("onnx_session takes the graph's bytes, never a path")
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", _empty_folder())
     options.intra_op_num_threads = int(threads or default_workers())
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
