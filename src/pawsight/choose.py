@@ -92,7 +92,10 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
     `params`: approach -> model parameters (default: each approach's defaults)."""
     from . import api
     from .data import scan
+    from .options import check_param
 
+    for name, value in (("time_budget", time_budget), ("seed", seed)):
+        check_param(name, value)
     t0 = time.perf_counter()
     params_by_approach = params
     out = Path(out) if out is not None else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -725,6 +728,10 @@ def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fracti
            recipes: list[Recipe] | None = None) -> dict[str, Any]:
     """Data + hardware + calibration -> estimated training time of each recipe (default: RECIPES, every
     approach) and a recommendation."""
+    from .options import check_param
+
+    for name, value in (("time_budget", time_budget), ("seed", seed), ("val_fraction", val_fraction)):
+        check_param(name, value)
     t0 = time.perf_counter()
     d = describe_data(data, seed=seed, val_fraction=val_fraction)
     hw = describe_hardware()

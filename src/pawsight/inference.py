@@ -32,6 +32,7 @@ from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, to_rgb
 from .onnx_check import METADATA_KEY as ONNX_METADATA_KEY  # noqa: F401 - export writes it under this key
 from .onnx_check import check_graph
+from .options import check_param
 
 UNKNOWN = "unknown"  # the label of a picture that belongs to none of the classes
 PathLike = str | os.PathLike[str]
@@ -347,6 +348,7 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
     `threshold` overrides the run's neither threshold (a higher one answers "unknown" less often);
     `engine` (deep runs): "auto" (ONNX Runtime, else eager PyTorch), "onnx" or "torch"; `threads`: ONNX
     Runtime threads per call (default: every core; a server answering requests in parallel wants 1)."""
+    threshold = check_param("threshold", threshold)
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() != ".onnx":
@@ -357,7 +359,7 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
         except OSError as exc:
             raise PawsightError(f"cannot read {path}: {exc.strerror or exc}") from None
         return OnnxPredictor(blob, str(path), threshold, threads=threads)
-    from .run import load_model, read_graph, read_run_info
+    from .run import GRAPH_FILE, load_model, read_graph, read_run_info
 
     info = read_run_info(path)
     if info["approach"] == "classical":
@@ -366,7 +368,14 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
         return EstimatorPredictor(load_model(path), info, None)
     graph = read_graph(path, info) if engine in ("auto", "onnx") else None
     if graph is not None:  # the graph saved after training: no PyTorch import, no export at start
-        return OnnxPredictor(graph, str(path), threshold, threads=threads, info=info)
+        predictor = OnnxPredictor(graph, str(path / GRAPH_FILE), threshold, threads=threads, info=info)
+        if predictor.classes_ != list(info["classes"]) or predictor.approach != info["approach"]:
+            from .errors import shown
+
+            raise PawsightError(f"{shown(path)} is inconsistent: {GRAPH_FILE} is a {predictor.approach} "
+                                f"model of classes {predictor.classes_}, run.json describes a "
+                                f"{info['approach']} model of {info['classes']}")
+        return predictor
     return ModulePredictor(load_model(path), info, threshold, engine=engine, threads=threads)
 
 

@@ -82,7 +82,10 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
                  top_k: int = 8, explain: bool = True) -> tuple[Path, dict[str, float]]:
     """Write the report of `run` (evaluated on `data`, or its saved / validation evaluation) to `out`
     (default RUN/report.html). Returns (path, seconds per part)."""
+    from ..options import check_param
     from ..run import read_run_info
+
+    check_param("top_losses", top_k)
     from ..storage import atomic_write_text, refuse_foreign_file
 
     seconds: dict[str, float] = {}
