@@ -24,7 +24,8 @@ def one_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert status == 2, (argv, captured.err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "please report" not in lines[0], captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "please report" not in lines[0]
     return lines[0]
 
 
