@@ -42,7 +42,8 @@ def positionals(parser: argparse.ArgumentParser) -> list[str]:
     """Placeholder values for the required positional arguments: parsing refuses the option first."""
     out = []
     for a in parser._actions:
-        if not a.option_strings and not isinstance(a, argparse._SubParsersAction) and a.nargs not in ("?", "*"):
+        subcommands = isinstance(a, argparse._SubParsersAction)
+        if not a.option_strings and not subcommands and a.nargs not in ("?", "*"):
             out.append("x")
     return out
 
@@ -80,7 +81,8 @@ def test_the_sweep_sees_every_numeric_option() -> None:
                      ("serve", "--max-upload-mb"), ("serve", "--port"), ("serve", "--workers"),
                      ("serve", "--max-batch"), ("predict", "--batch-size"), ("compare", "--time-budget"),
                      ("advise", "--time-budget"), ("advise", "--seed"), ("advise", "--val-fraction"),
-                     ("compare", "--seed"), ("report", "--top-k"), ("train", "--lr"), ("data inspect", "--size")]:
+                     ("compare", "--seed"), ("report", "--top-k"), ("train", "--lr"),
+                     ("data inspect", "--size"), ("serve", "--max-megapixels")]:
         assert expected in flags
     assert len(OPTIONS) >= 25
 

@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="unknown-threshold instead of the one calibrated at training time")
     sv.add_argument("--max-upload-mb", type=cli_type("max_upload_mb"), default=20.0,
                     help="largest request body (default 20 MB, at most 1024)")
+    sv.add_argument("--max-megapixels", type=cli_type("max_megapixels"), default=24.0,
+                    help="most pixels one picture may decode to, in millions (default 24: a 6000x4000 photo; "
+                         "JPEGs count at the reduced scale they are decoded at); larger ones get 413")
     sv.add_argument("--no-access-log", dest="access_log", action="store_false",
                     help="do not print a line per request (saves ~5%% of the server's CPU under load)")
     sv.add_argument("--max-batch", type=cli_type("max_batch"), default=1,
@@ -470,7 +473,7 @@ def serve_command(args: argparse.Namespace) -> int:
         raise PawsightError(f"serving needs the serve extra ({exc.name} is missing): "
                             "pip install 'pawsight[serve]'") from None
     app = create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
-                     max_batch=args.max_batch, workers=args.workers)
+                     max_batch=args.max_batch, workers=args.workers, max_megapixels=args.max_megapixels)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:

@@ -56,9 +56,10 @@ def decide(proba: np.ndarray, classes: Sequence[str], ood_score: np.ndarray | Se
 
 # -- pictures in any form -----------------------------------------------------------------------------------
 
-def read_image(item: Any, prep: Preprocessing) -> np.ndarray:
+def read_image(item: Any, prep: Preprocessing, max_pixels: int | None = None) -> np.ndarray:
     """One picture (path, bytes, PIL image or uint8 HWC array) as the (size, size, 3) uint8 array the model
-    sees. Bad input raises ImageError (bad file) or PawsightError (wrong type) with a one-line reason."""
+    sees. Bad input raises ImageError (bad file) or PawsightError (wrong type) with a one-line reason.
+    `max_pixels` bounds what an encoded picture may decode to (images.ImageTooLarge above it)."""
     from PIL import Image
 
     size = int(prep.size)
@@ -70,9 +71,9 @@ def read_image(item: Any, prep: Preprocessing) -> np.ndarray:
             return arr
         return prep(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
     if isinstance(item, bytes | bytearray | memoryview):
-        return prep(open_rgb("<bytes>", min_size=size, data=bytes(item)))
+        return prep(open_rgb("<bytes>", min_size=size, data=bytes(item), max_pixels=max_pixels))
     if isinstance(item, str | os.PathLike):
-        return prep(open_rgb(item, min_size=size))
+        return prep(open_rgb(item, min_size=size, max_pixels=max_pixels))
     if isinstance(item, Image.Image):
         return prep(to_rgb(item))
     raise PawsightError(f"cannot read a picture from a {type(item).__name__}; give a file path, bytes, "

@@ -17,7 +17,8 @@ Limits and why:
   infinite threshold used to answer every picture "unknown".
 - time budget: at most 30 days (a larger number is a typo, not a plan).
 - serving: --port 0 (any free port) to 65535; --max-upload-mb above 0, at most 1024 (a request body is held
-  in memory); --workers 1 to 64 model threads; --max-batch 1 to 256 pictures.
+  in memory); --workers 1 to 64 model threads; --max-batch 1 to 256 pictures; --max-megapixels per picture
+  above 0, at most 178 (the decompression-bomb limit of every picture read).
 - batch size: at most 65536 (more pictures than any batch fits in memory).
 NaN and infinities are refused everywhere.
 """
@@ -87,6 +88,7 @@ LIMITS: dict[str, dict[str, Any]] = {
     "workers": {"integer": True, "minimum": 1, "maximum": 64},
     "max_batch": {"integer": True, "minimum": 1, "maximum": 256},
     "max_files": {"integer": True, "minimum": 1, "maximum": 1024},
+    "max_megapixels": {"above": 0, "maximum": 178},  # images.MAX_PIXELS: the decompression-bomb limit
     "C": {"above": 0},
     "weight_decay": {"minimum": 0},
     "search_budget": {"minimum": 0},  # 0: only the default candidate
