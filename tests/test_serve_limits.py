@@ -87,9 +87,10 @@ def test_pictures_per_request_are_bounded(limited: httpx.Client) -> None:
     assert five.status_code == 413 and "too large together" in five.json()["error"]
 
 
-def test_concurrent_decodes_are_bounded_and_memory_comes_back(limited: httpx.Client) -> None:
+def test_concurrent_decodes_are_bounded_and_memory_comes_back(limited: httpx.Client, tiny: Path) -> None:
     """Eight clients at once each sending the largest picture allowed: the server decodes one per core at a
-    time, so memory peaks at a few pictures' worth (unbounded: eight at once), and returns afterwards."""
+    time, so memory peaks at a few pictures' worth (unbounded: eight at once), and returns afterwards. A
+    normal photo sent meanwhile does not wait for the large ones."""
     side = int((DEFAULT_MAX_MEGAPIXELS * 1e6) ** 0.5)
     picture = flat_png(side, side)
     url = str(limited.base_url)
@@ -108,12 +109,21 @@ def test_concurrent_decodes_are_bounded_and_memory_comes_back(limited: httpx.Cli
             return httpx.post(url + "/predict", files={"file": (f"{i}.png", picture, "image/png")},
                               timeout=120).status_code
 
+        photo = next((tiny / "validation" / "cats").glob("*.jpg")).read_bytes()
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(send, range(8)))
+            t0 = time.perf_counter()
+            burst = pool.map(send, range(8))
+            time.sleep(0.3)
+            t = time.perf_counter()
+            normal = httpx.post(url + "/predict", files={"file": ("cat.jpg", photo)}, timeout=60)
+            normal_seconds = time.perf_counter() - t
+            statuses = list(burst)
+            burst_seconds = time.perf_counter() - t0
     finally:
         stop.set()
         sampler.join()
-    assert statuses == [200] * 8
+    assert statuses == [200] * 8 and normal.status_code == 200
+    assert normal_seconds < burst_seconds / 3, (normal_seconds, burst_seconds)
     one_picture = side * side * 4  # RGB + the 1-bit source and resize buffers, roughly
     assert peak[0] - baseline < 4 * one_picture, (peak[0] - baseline) / 2**20
     time.sleep(0.5)

@@ -15,7 +15,8 @@ What one client can cost the server is bounded (README "Use it on the web", limi
   to at most `max_megapixels` (JPEGs are decoded at reduced scale near the model's size, so only their
   reduced size counts) and one request to REQUEST_PICTURES_OF_PIXELS times that; both are read from the
   pictures' headers before anything is decoded, else 413;
-- CPU and memory: at most one decode per core at a time (the decode pool), whatever the number of clients;
+- CPU and memory: at most one decode per core at a time (the decode pools), whatever the number of clients;
+  requests of small pictures have their own thread, so large ones cannot make everyone wait;
 - time: a client gets HEADER_TIMEOUT seconds to send its request headers and BODY_TIMEOUT seconds for its
   body (BODY_IDLE_TIMEOUT without a byte), else the connection is closed (408 for a body): slow clients
   cannot hold connections open forever.
@@ -65,6 +66,7 @@ RAW_TYPES = ("application/octet-stream",)  # besides image/*: decided by content
 # size takes ~0.3 GB at peak and about a second. JPEGs count at the reduced scale they are decoded at.
 DEFAULT_MAX_MEGAPIXELS = 24.0
 REQUEST_PICTURES_OF_PIXELS = 4  # one request may decode at most this many pictures of the largest size
+SMALL_REQUEST_PIXELS = 2_000_000  # a request decoding at most this many pixels has its own decode thread
 HEADER_TIMEOUT = 10.0  # seconds from connecting (or the previous answer) to complete request headers
 BODY_TIMEOUT = 120.0  # seconds to send a whole request body (20 MB at 1.4 Mbit/s)
 BODY_IDLE_TIMEOUT = 15.0  # seconds without a byte of the body
@@ -105,6 +107,33 @@ class UploadRejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def release_after(fn: Any, *args: Any) -> Any:
+    """fn(*args), then hand the freed heap back to the system. Decoding a large picture frees tens of MB in
+    the decode thread's malloc arena, which glibc otherwise keeps: the server's memory stayed ~50 MB above
+    idle after a burst of 24 MP pictures (benchmarks/bench_serve.py --hostile)."""
+    try:
+        return fn(*args)
+    finally:
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def default_workers() -> int:
@@ -234,7 +263,11 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
     from ..cache import default_workers as usable_cores
 
     # One decode per core at a time: memory and CPU for decoding stay bounded however many clients send.
-    decoders = ThreadPoolExecutor(usable_cores(), thread_name_prefix="pawsight-decode")
+    # Requests with large pictures get all cores but one; the last decodes small ones (a phone's JPEG at its
+    # draft scale is small), so 16 clients sending 24 MP PNGs cannot make everyone else wait behind them.
+    cores = usable_cores()
+    decoders = ThreadPoolExecutor(max(1, cores - 1), thread_name_prefix="pawsight-decode")
+    small_decoders = ThreadPoolExecutor(1, thread_name_prefix="pawsight-decode-small")
     started = time.time()
 
     @contextlib.asynccontextmanager
@@ -243,6 +276,7 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
         yield
         await batcher.stop()
         decoders.shutdown(wait=True, cancel_futures=True)
+        small_decoders.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="pawsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image recognition with a trained pawsight model ({predictor.approach}: "
@@ -268,10 +302,9 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request", "details": jsonable(exc.errors())}, status_code=422)
 
-    def decode_all(uploads: list[tuple[str, bytes]]) -> list[np.ndarray | str]:
-        """The model's input for each uploaded picture (inference's reader, the run's Preprocessing), or the
-        one-line reason it cannot be read. The pixels every picture will decode to are read from the headers
-        first: a request over the limits is refused (413) before anything is decoded."""
+    def pixels_to_decode(uploads: list[tuple[str, bytes]]) -> int:
+        """How many pixels decoding the request will produce, read from the pictures' headers (cheap: no
+        decoding); a request over the limits is refused (413) before anything is decoded."""
         total = 0
         for name, data in uploads:
             pixels = decoded_pixels(data, prep.size) or 0
@@ -284,6 +317,11 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
             most = REQUEST_PICTURES_OF_PIXELS * max_megapixels
             raise UploadRejected(413, f"pictures too large together: {total / 1e6:.1f} megapixels to decode "
                                       f"in one request, more than {most:g}; send them in several requests")
+        return total
+
+    def decode_all(uploads: list[tuple[str, bytes]]) -> list[np.ndarray | str]:
+        """The model's input for each uploaded picture (inference's reader, the run's Preprocessing), or the
+        one-line reason it cannot be read."""
         out: list[np.ndarray | str] = []
         for name, data in uploads:
             try:
@@ -304,7 +342,10 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
         t0 = time.perf_counter()
         uploads = await read_uploads(request, max_bytes, max_files)
         names = [name for name, _ in uploads]
-        decoded = await asyncio.get_running_loop().run_in_executor(decoders, decode_all, uploads)
+        small = pixels_to_decode(uploads) <= SMALL_REQUEST_PIXELS
+        work = decode_all if small else lambda u: release_after(decode_all, u)
+        decoded = await asyncio.get_running_loop().run_in_executor(small_decoders if small else decoders,
+                                                                   work, uploads)
         del uploads  # the encoded bytes are not needed while the model runs
         good = [x for x in decoded if isinstance(x, np.ndarray)]
         records = iter(await batcher(np.stack(good)) if good else [])
