@@ -120,5 +120,5 @@ def test_the_python_api_checks_the_same_limits(classical_run: Path, scratch_run:
         api.predict(classical_run, [tiny], top_k=0)
     from pawsight.choose import advise
 
-    with pytest.raises(PawsightError, match="time_budget must be greater than 0"):
-        advise(tiny, time_budget=0)
+    with pytest.raises(PawsightError, match="val_fraction must be less than 1"):
+        advise(tiny, val_fraction=1.5)

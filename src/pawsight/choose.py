@@ -94,8 +94,7 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
     from .data import scan
     from .options import check_param
 
-    for name, value in (("time_budget", time_budget), ("seed", seed)):
-        check_param(name, value)
+    check_param("seed", seed)  # time_budget 0 is allowed here: "no time left", as auto_train's callers use it
     t0 = time.perf_counter()
     params_by_approach = params
     out = Path(out) if out is not None else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -730,7 +729,7 @@ def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fracti
     approach) and a recommendation."""
     from .options import check_param
 
-    for name, value in (("time_budget", time_budget), ("seed", seed), ("val_fraction", val_fraction)):
+    for name, value in (("seed", seed), ("val_fraction", val_fraction)):  # time_budget 0: see compare
         check_param(name, value)
     t0 = time.perf_counter()
     d = describe_data(data, seed=seed, val_fraction=val_fraction)

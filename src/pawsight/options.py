@@ -12,8 +12,8 @@ Limits and why:
   model afterwards with `pawsight evaluate RUN OTHER_DATA`). Pre-split folders ignore it.
 - seed: 0 to 2**32 - 1 (what NumPy, PyTorch and scikit-learn all accept).
 - top-k: at least 1; more than the model's classes shows them all. report's top losses: 0 to 100.
-- threshold (the neither score above which a picture is "unknown"): 0 to 1000. Scores are distances in units
-  of the calibrated limit (1.0 = the default threshold), so 1000 already means "never unknown"; a NaN or
+- threshold (the neither score above which a picture is "unknown"): 0 or more, finite. Scores are distances
+  in units of the calibrated limit (1.0 = the default threshold; 1e6 means "never unknown"); a NaN or
   infinite threshold used to answer every picture "unknown".
 - time budget: at most 30 days (a larger number is a typo, not a plan).
 - serving: --port 0 (any free port) to 65535; --max-upload-mb above 0, at most 1024 (a request body is held
@@ -82,7 +82,7 @@ LIMITS: dict[str, dict[str, Any]] = {
     "val_fraction": {"minimum": 0, "below": 1},
     "top_k": {"integer": True, "minimum": 1},
     "top_losses": {"integer": True, "minimum": 0, "maximum": 100},  # report --top-k
-    "threshold": {"minimum": 0, "maximum": 1000},
+    "threshold": {"minimum": 0},
     "port": {"integer": True, "minimum": 0, "maximum": 65535},
     "max_upload_mb": {"above": 0, "maximum": 1024},
     "workers": {"integer": True, "minimum": 1, "maximum": 64},
