@@ -15,6 +15,16 @@ by 16 concurrent clients (throughput, errors, latency). Three servers:
 The server's resident memory is sampled every 0.25 s during each phase (start, peak and end are shown), and
 its CPU time per request is reported: on a loaded machine that is steadier than wall-clock throughput.
 The run is the default transfer recipe (`pawsight train DATA`), trained into the cache if missing.
+
+    ./run.sh bench serve --hostile               # 16 hostile clients for 60 s, normal clients alongside
+
+Hostile mode: `pawsight serve` is sent, by 16 clients at once for --seconds (60), the worst upload it
+accepts: a PNG of the largest size allowed (--max-megapixels, 24 million RGB pixels, all black: ~70 kB on
+the wire, 72 MB once decoded). Meanwhile 2 normal clients send ~500x375 JPEGs. Reported: requests and
+errors of each kind of client, whether the server crashed, its resident memory idle / peak / 5 s after the
+burst, and the normal clients' p50/p99 latency alone (first 15 s) and during the burst. Every loop is bounded
+by time and by count. The model matters little here (decoding is the cost): by default a small classical run
+trained on the tiny data set into the cache (seconds); --run serves another.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 # at module level: FastAPI resolves the plain endpoint's annotations here
 from fastapi import FastAPI, File, UploadFile
@@ -268,6 +279,146 @@ def exported(run: Path) -> Path:
     return out
 
 
+# -- hostile mode -------------------------------------------------------------------------------------------
+
+TINY = DATA.parent / "cats_and_dogs_tiny"
+
+
+def worst_png() -> tuple[str, bytes]:
+    """The largest picture the server accepts by default, as a small PNG: RGB, all black."""
+    import struct
+    import zlib
+
+    from pawsight.serve.app import DEFAULT_MAX_MEGAPIXELS
+
+    side = int((DEFAULT_MAX_MEGAPIXELS * 1e6) ** 0.5)
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * side)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return f"worst-{side}x{side}.png", png
+
+
+def hostile_run() -> Path:
+    """A small classical run on the tiny data set, trained once into the cache."""
+    from pawsight.cache import default_cache_dir
+
+    run = default_cache_dir() / "bench-runs" / "hostile-classical"
+    if not (run / "run.json").is_file():
+        subprocess.run([sys.executable, "-m", "pawsight", "train", str(TINY), "--approach", "classical",
+                        "--features", "hog,color", "--model", "logreg", "--out", str(run), "--overwrite"],
+                       check=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+                       stdout=subprocess.DEVNULL)
+    return run
+
+
+async def timed_clients(port: int, payloads: list[tuple[str, bytes]], clients: int, seconds: float,
+                        max_requests: int = 100_000) -> dict[str, Any]:
+    """`clients` keep-alive connections sending `payloads` in turn until `seconds` pass (or max_requests):
+    {latencies (s), statuses {code: count}, failures (connection errors / timeouts)}."""
+    prepared = [multipart_request(port, name, data) for name, data in payloads]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    failures = 0
+    sent = 0
+    end = time.monotonic() + seconds
+
+    async def post(conn: list, request: bytes) -> int:
+        if not conn:
+            conn.extend(await asyncio.open_connection("127.0.0.1", port))
+        reader, writer = conn
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+            conn.clear()
+        return int(lines[0].split()[1])
+
+    async def worker() -> None:
+        nonlocal failures, sent
+        conn: list = []
+        while time.monotonic() < end and sent < max_requests:
+            request = prepared[sent % len(prepared)]
+            sent += 1
+            t = time.perf_counter()
+            try:
+                status = await asyncio.wait_for(post(conn, request), 120)
+                statuses[status] = statuses.get(status, 0) + 1
+                latencies.append(time.perf_counter() - t)
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    TimeoutError):
+                failures += 1
+                if conn:
+                    conn[1].close()
+                    conn.clear()
+        if conn:
+            conn[1].close()
+
+    await asyncio.gather(*[worker() for _ in range(clients)])
+    return {"latencies": latencies, "statuses": statuses, "failures": failures}
+
+
+def hostile_main(args: argparse.Namespace) -> int:
+    import psutil
+
+    run = args.run or hostile_run()
+    name, png = worst_png()
+    normal = [(p.name, p.read_bytes()) for p in sorted((TINY / "validation").rglob("*.jpg"))[:16]]
+    print(f"run: {run}  hostile upload: {name}, {len(png) / 1e3:.0f} kB  normal: {len(normal)} JPEGs  "
+          f"cores: {len(os.sched_getaffinity(0))}  load average at start: {os.getloadavg()[0]:.2f}",
+          flush=True)
+    server = Server("pawsight", [sys.executable, "-m", "pawsight", "serve", "--no-access-log", str(run)],
+                    Path(os.environ.get("TMPDIR", "/tmp")) / "pawsight-bench-serve-hostile.log")
+    try:
+        server.wait()
+        asyncio.run(timed_clients(server.port, normal, 2, 3))  # warm-up
+        rss = lambda: psutil.Process(server.proc.pid).memory_info().rss / 2**20  # noqa: E731
+        idle = rss()
+        alone = asyncio.run(timed_clients(server.port, normal, 2, 15))
+
+        async def burst() -> tuple[dict[str, Any], dict[str, Any]]:
+            return await asyncio.gather(timed_clients(server.port, [(name, png)], args.clients, args.seconds),
+                                        timed_clients(server.port, normal, 2, args.seconds))
+
+        thread = server.sample()
+        hostile, during = asyncio.run(burst())
+        _, peak, _ = server.stop_sampling(thread)
+        time.sleep(5)
+        crashed = server.proc.poll() is not None
+        after = float("nan") if crashed else rss()
+    finally:
+        server.close()
+
+    def row(label: str, clients: int, r: dict[str, Any]) -> str:
+        n = sum(r["statuses"].values())
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+        lat = r["latencies"] or [float("nan")]
+        return (f"| {label} | {clients} | {n + r['failures']} | {codes or '-'} | {r['failures']} "
+                f"| {percentile(lat, 50) * 1000:.0f} | {percentile(lat, 99) * 1000:.0f} |")
+
+    print("\n| clients | n | requests | answers by status | connection errors | p50 ms | p99 ms |\n"
+          "|---|---|---|---|---|---|---|")
+    print(row("normal, alone (15 s)", 2, alone))
+    print(row(f"hostile: {name} ({args.seconds:.0f} s)", args.clients, hostile))
+    print(row(f"normal, during the burst ({args.seconds:.0f} s)", 2, during))
+    print(f"\nserver crashed: {'YES' if crashed else 'no'};  RSS MB idle / peak / 5 s after: "
+          f"{idle:.0f} / {peak:.0f} / {after:.0f}")
+    answered = during["statuses"].get(200, 0)
+    print(f"normal clients answered during the burst: {answered} of "
+          f"{sum(during['statuses'].values()) + during['failures']}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    return 0 if not crashed and not during["failures"] else 1
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench serve", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -277,6 +428,9 @@ def main(argv: list[str]) -> int:
                         help="requests per phase for the plain server (default: --requests)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--servers", default="pawsight,pawsight-batch16,pawsight-onnx,plain")
+    parser.add_argument("--hostile", action="store_true",
+                        help="16 clients send the worst upload the server accepts (see the docstring)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="hostile mode: length of the burst")
     parser.add_argument("--plain-server", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -284,6 +438,8 @@ def main(argv: list[str]) -> int:
         serve_plain(args.plain_server, args.port)
         return 0
     os.environ.setdefault("PAWSIGHT_PROGRESS", "0")
+    if args.hostile:
+        return hostile_main(args)
     run = args.run or default_run(args.data)
     payloads = pick_photos(args.data)
     print(f"run: {run}  pictures: {len(payloads)} JPEGs of ~500x375 from {args.data}/validation  "

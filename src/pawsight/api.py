@@ -32,6 +32,7 @@ from .run import (
     resume_settings,
     save_evaluation,
     sha256_many,
+    weights_record,
     write_manifest,
     write_run_info,
 )
@@ -230,6 +231,7 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
                  "dropped_duplicates": dropped},
         "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()}, **graph,
         "warnings": thin_validation(counts_of(ds.classes, va.labels), bool(ds.split("validation"))),
+        **weights_record(out),  # load_model refuses weights other than these (a swapped model.json + weights)
     }
     write_run_info(out, info)
     _draw_curves(out)

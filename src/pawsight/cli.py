@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--no-save", action="store_true",
                     help="do not save this evaluation under RUN/evaluations/")
-    ev.add_argument("--threshold", type=float, default=None,
+    ev.add_argument("--threshold", type=cli_type("threshold"), default=None,
                     help="neither-score threshold above which a picture is answered 'unknown' "
                          "(default: the one calibrated when the run was trained)")
 
@@ -171,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="same as --format json")
     pr.add_argument("--top-k", type=cli_type("top_k"), default=1,
                     help="also show the K most probable classes (at least 1)")
-    pr.add_argument("--threshold", type=float, default=None,
+    pr.add_argument("--threshold", type=cli_type("threshold"), default=None,
                     help="neither-score threshold above which a picture is answered 'unknown' "
                          "(default: the one calibrated when the run was trained)")
-    pr.add_argument("--batch-size", type=int, default=32, help="pictures decoded and run together")
+    pr.add_argument("--batch-size", type=cli_type("batch_size"), default=32,
+                    help="pictures decoded and run together")
 
     ex = sub.add_parser("export", help="write a deep-learning run as one ONNX file (runs without PyTorch)",
                         epilog="The file holds the whole model (uint8 pictures in, probabilities and the "
@@ -190,16 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run", type=Path, help="run directory or exported .onnx file")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: this machine only; 0.0.0.0 for every network)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--threshold", type=float, default=None,
+    sv.add_argument("--port", type=cli_type("port"), default=8000, help="0-65535; 0: any free port")
+    sv.add_argument("--threshold", type=cli_type("threshold"), default=None,
                     help="unknown-threshold instead of the one calibrated at training time")
-    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    sv.add_argument("--max-upload-mb", type=cli_type("max_upload_mb"), default=20.0,
+                    help="largest request body (default 20 MB, at most 1024)")
+    sv.add_argument("--max-megapixels", type=cli_type("max_megapixels"), default=24.0,
+                    help="most pixels one picture may decode to, in millions (default 24: a 6000x4000 photo; "
+                         "JPEGs count at the reduced scale they are decoded at); larger ones get 413")
     sv.add_argument("--no-access-log", dest="access_log", action="store_false",
                     help="do not print a line per request (saves ~5%% of the server's CPU under load)")
-    sv.add_argument("--max-batch", type=int, default=1,
+    sv.add_argument("--max-batch", type=cli_type("max_batch"), default=1,
                     help="micro-batching: most pictures the model takes at once from concurrent requests "
                          "(default 1: no batching, which measured as fast with less memory)")
-    sv.add_argument("--workers", type=int, default=None,
+    sv.add_argument("--workers", type=cli_type("workers"), default=None,
                     help="model threads answering requests at the same time (default: one per core)")
     cmp = sub.add_parser("compare", help="which approach for my data? learning curves of each approach",
                          epilog="Trains each approach on growing, nested per-class subsets of the training "
@@ -210,11 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated: classical, transfer, scratch (default: classical,transfer)")
     cmp.add_argument("--sizes", default="10,25,50,100,250,all",
                      help="training pictures per class, comma-separated; 'all' = every training picture")
-    cmp.add_argument("--time-budget", type=parse_duration, default=1200.0, metavar="DURATION",
+    cmp.add_argument("--time-budget", type=cli_type("time_budget", parse_duration), default=1200.0,
+                     metavar="DURATION",
                      help="for the whole comparison (default 20m); scratch gets what the others leave")
     cmp.add_argument("--out", type=Path, default=None, help="folder to write (default: runs/compare-<time>)")
     cmp.add_argument("--overwrite", action="store_true", help="replace the results of an earlier compare")
-    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--seed", type=cli_type("seed"), default=0)
     cmp.add_argument("--json", action="store_true", help="print compare.json on stdout")
 
     add_report_parsers(sub)
@@ -223,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Reads the data and the hardware, runs a short calibration (a few seconds of "
                                 "each approach's real work here) and estimates each recipe's training time.")
     adv.add_argument("data", type=Path)
-    adv.add_argument("--time-budget", type=parse_duration, default=600.0, metavar="DURATION",
+    adv.add_argument("--time-budget", type=cli_type("time_budget", parse_duration), default=600.0,
+                     metavar="DURATION",
                      help="how long a training may take (default 10m)")
-    adv.add_argument("--seed", type=int, default=0)
-    adv.add_argument("--val-fraction", type=float, default=0.2)
+    adv.add_argument("--seed", type=cli_type("seed"), default=0)
+    adv.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2)
     adv.add_argument("--json", action="store_true", help="print the advice as one JSON object")
 
     from .cachedir import CACHE_PARTS, REBUILT
@@ -468,12 +475,8 @@ def serve_command(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise PawsightError(f"serving needs the serve extra ({exc.name} is missing): "
                             "pip install 'pawsight[serve]'") from None
-    if not 0 <= args.port <= 65535:
-        raise PawsightError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.max_batch < 1 or (args.workers is not None and args.workers < 1):
-        raise PawsightError("--max-upload-mb must be positive, --max-batch and --workers at least 1")
     app = create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
-                     max_batch=args.max_batch, workers=args.workers)
+                     max_batch=args.max_batch, workers=args.workers, max_megapixels=args.max_megapixels)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
@@ -581,7 +584,8 @@ def add_report_parsers(sub: Any) -> None:
                     help="labelled pictures to evaluate on (default: the run's latest saved evaluation, else "
                          "its validation pictures)")
     rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
-    rp.add_argument("--top-k", type=int, default=8, help="how many top-loss pictures to show and explain")
+    rp.add_argument("--top-k", type=cli_type("top_losses", flag="--top-k"), default=8,
+                    help="how many top-loss pictures to show and explain (0-100)")
     rp.add_argument("--no-explain", action="store_true", help="top losses without explanations (faster)")
 
 
@@ -610,8 +614,6 @@ def report_command(args: argparse.Namespace) -> int:
         return 0
     from .report.html import build_report
 
-    if args.top_k < 0:
-        raise PawsightError("--top-k must be 0 or more")
     path, seconds = build_report(args.run, args.data, args.out, top_k=args.top_k, explain=not args.no_explain)
     print(f"report written to {shown(path)} ({seconds['total']:.1f} s)")
     return 0

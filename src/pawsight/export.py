@@ -28,9 +28,9 @@ import numpy as np
 from . import __version__
 from .errors import PawsightError, shown
 from .inference import ONNX_METADATA_KEY, onnx_session, run_session
+from .onnx_check import EXPORT_FORMAT, check_graph
 from .storage import ONNX_MARKER, atomic_write_bytes, check_output_file, inside
 
-EXPORT_FORMAT = 1
 PARITY_LIMIT = 1e-4  # largest |probability difference| ONNX Runtime vs PyTorch that export accepts
 PARITY_PICTURES = 16
 
@@ -68,6 +68,7 @@ def export_onnx(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | N
     entry = graph.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
     blob = graph.SerializeToString()
+    check_graph(blob, str(path))  # what every loader will check: refused now rather than at first use
 
     X, where = (samples, "given") if samples is not None else sample_pictures(info, model.preprocessing)
     torch_p, torch_s = run_module(module, X)

@@ -51,6 +51,10 @@ class ImageError(Exception):
     """A file that cannot be used as a picture; str(error) is the one-line reason shown to the user."""
 
 
+class ImageTooLarge(ImageError):
+    """A picture with more pixels to decode than the caller allows (`max_pixels`: the server's limit)."""
+
+
 def sniff(head: bytes) -> str | None:
     """The picture format the first bytes of a file announce (a name from FORMATS), or None."""
     if head.startswith(b"\xff\xd8\xff"):
@@ -140,14 +144,15 @@ def file_hash(fh: IO[bytes], chunk: int = 1 << 20) -> str:
 
 
 def open_rgb(path: str | os.PathLike[str], min_size: int | None = None, data: bytes | IO[bytes] | None = None,
-             info: dict[str, Any] | None = None) -> Image.Image:
+             info: dict[str, Any] | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode `path` (or `data`: its bytes, or the file already opened by open_checked) into upright RGB.
 
     The file is recognised from its first bytes and refused when larger than max_file_bytes(); Pillow then
     decodes from the file itself, never from a copy of it in memory. With `min_size`, JPEGs are decoded with
     DCT scaling ("draft" mode) to the smallest scale whose both sides are still >= min_size: several times
     faster, and the result is then resized anyway. `info`, if given, is filled with the original `format`,
-    `mode`, `width` and `height`.
+    `mode`, `width` and `height`. `max_pixels`: the most pixels the decoder may produce (after JPEG draft
+    scaling), else ImageTooLarge before anything is decoded (the server's bound on memory per picture).
     """
     path = Path(path)
     owned: IO[bytes] | None = None
@@ -160,7 +165,7 @@ def open_rgb(path: str | os.PathLike[str], min_size: int | None = None, data: by
             source = io.BytesIO(data)
         else:
             source = data
-        return _decode(source, min_size, info)
+        return _decode(source, min_size, info, max_pixels)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -187,7 +192,8 @@ def open_rgb(path: str | os.PathLike[str], min_size: int | None = None, data: by
             owned.close()
 
 
-def _decode(source: IO[bytes], min_size: int | None, info: dict[str, Any] | None) -> Image.Image:
+def _decode(source: IO[bytes], min_size: int | None, info: dict[str, Any] | None,
+            max_pixels: int | None = None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source, formats=FORMATS) as im:
@@ -200,11 +206,33 @@ def _decode(source: IO[bytes], min_size: int | None, info: dict[str, Any] | None
                 im.seek(0)  # first frame of GIF/WebP/TIFF animations and multi-picture JPEGs
             if min_size and im.format == "JPEG":
                 im.draft("RGB", (min_size, min_size))
+            _check_decoded_size(im, max_pixels)
             im.load()
             if im.getexif().get(ORIENTATION, 1) in range(2, 9):
                 # only then: exif_transpose copies the whole picture even when there is nothing to do
                 im = ImageOps.exif_transpose(im)
             return to_rgb(im)
+
+
+def _check_decoded_size(im: Image.Image, max_pixels: int | None) -> None:
+    width, height = im.size  # after draft(): what the decoder will produce
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"too many pixels: {width}x{height} ({width * height / 1e6:.1f} megapixels) to "
+                            f"decode, more than the {max_pixels / 1e6:g} allowed")
+
+
+def decoded_pixels(data: bytes, min_size: int | None = None) -> int | None:
+    """How many pixels decoding `data` (open_rgb with `min_size`) would produce, read from its header alone
+    (JPEGs: after draft scaling); None when the header cannot be read (decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                if min_size and im.format == "JPEG":
+                    im.draft("RGB", (min_size, min_size))
+                return int(im.size[0]) * int(im.size[1])
+    except Exception:  # noqa: BLE001 - any unreadable header: the real decode names the reason
+        return None
 
 
 def read_file(path: Path) -> bytes:

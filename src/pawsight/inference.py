@@ -20,7 +20,6 @@ by the CLI, the Python API, evaluation and the server, so every surface gives th
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,10 +29,12 @@ import numpy as np
 
 from .errors import PawsightError
 from .images import ImageError, Preprocessing, open_rgb, to_rgb
+from .onnx_check import METADATA_KEY as ONNX_METADATA_KEY  # noqa: F401 - export writes it under this key
+from .onnx_check import check_graph
+from .options import check_param
 from .system import default_workers
 
 UNKNOWN = "unknown"  # the label of a picture that belongs to none of the classes
-ONNX_METADATA_KEY = "pawsight"  # metadata_props entry holding the JSON description of an exported model
 PathLike = str | os.PathLike[str]
 
 
@@ -55,9 +56,10 @@ def decide(proba: np.ndarray, classes: Sequence[str], ood_score: np.ndarray | Se
 
 # -- pictures in any form -----------------------------------------------------------------------------------
 
-def read_image(item: Any, prep: Preprocessing) -> np.ndarray:
+def read_image(item: Any, prep: Preprocessing, max_pixels: int | None = None) -> np.ndarray:
     """One picture (path, bytes, PIL image or uint8 HWC array) as the (size, size, 3) uint8 array the model
-    sees. Bad input raises ImageError (bad file) or PawsightError (wrong type) with a one-line reason."""
+    sees. Bad input raises ImageError (bad file) or PawsightError (wrong type) with a one-line reason.
+    `max_pixels` bounds what an encoded picture may decode to (images.ImageTooLarge above it)."""
     from PIL import Image
 
     size = int(prep.size)
@@ -69,9 +71,9 @@ def read_image(item: Any, prep: Preprocessing) -> np.ndarray:
             return arr
         return prep(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
     if isinstance(item, bytes | bytearray | memoryview):
-        return prep(open_rgb("<bytes>", min_size=size, data=bytes(item)))
+        return prep(open_rgb("<bytes>", min_size=size, data=bytes(item), max_pixels=max_pixels))
     if isinstance(item, str | os.PathLike):
-        return prep(open_rgb(item, min_size=size))
+        return prep(open_rgb(item, min_size=size, max_pixels=max_pixels))
     if isinstance(item, Image.Image):
         return prep(to_rgb(item))
     raise PawsightError(f"cannot read a picture from a {type(item).__name__}; give a file path, bytes, "
@@ -233,22 +235,22 @@ class ModulePredictor(Predictor):
 
 class OnnxPredictor(Predictor):
     """An ONNX graph written by `pawsight export` (an .onnx file, or RUN/model.onnx of a deep run) on ONNX
-    Runtime: no PyTorch needed."""
+    Runtime: no PyTorch needed. The graph may come from anyone, so `onnx_check.check_graph` vets it before
+    ONNX Runtime sees it (no external data, exactly the inputs, outputs and metadata export writes)."""
 
     def __init__(self, blob: bytes, name: str, threshold: float | None, threads: int | None = None,
                  info: dict[str, Any] | None = None) -> None:
+        from .errors import shown
+
+        meta = check_graph(blob, name)
         try:
             self.runner = OnnxRunner(blob, threads)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is one sentence
-            raise PawsightError(f"{name} is not an ONNX model that ONNX Runtime can run "
-                                f"({(str(exc).splitlines() or [''])[0][:160]})") from None
-        meta = _onnx_metadata(self.runner.session, name)
-        try:
-            self.approach = str(meta["approach"])
-            self.classes_ = [str(c) for c in meta["classes"]]
-            self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PawsightError(f"{name} has incomplete pawsight metadata ({exc})") from None
+            raise PawsightError(f"{shown(name)} is not an ONNX model that ONNX Runtime can run "
+                                f"({shown((str(exc).splitlines() or [''])[0][:160])})") from None
+        self.approach = str(meta["approach"])
+        self.classes_ = [str(c) for c in meta["classes"]]
+        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.info = info if info is not None else meta
         neither = meta.get("neither") or None
         self.has_score = neither is not None
@@ -261,25 +263,36 @@ class OnnxPredictor(Predictor):
         return proba, (score if self.has_score else None)
 
 
-def _onnx_metadata(session: Any, path: str) -> dict[str, Any]:
-    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-    if text is None:
-        raise PawsightError(f"{path} is an ONNX model but not one exported by 'pawsight export' (no "
-                            f"'{ONNX_METADATA_KEY}' metadata)")
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise PawsightError(f"{path} has damaged pawsight metadata")
-    return meta
+_NO_EXTERNAL_DATA: str | None = None  # an empty private folder: where ONNX Runtime may look for external data
+
+
+def _empty_folder() -> str:
+    """An empty folder only this process can write, removed at exit (see onnx_session)."""
+    global _NO_EXTERNAL_DATA
+    if _NO_EXTERNAL_DATA is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _NO_EXTERNAL_DATA = tempfile.mkdtemp(prefix="pawsight-no-external-data-")
+        atexit.register(shutil.rmtree, _NO_EXTERNAL_DATA, True)
+    return _NO_EXTERNAL_DATA
 
 
 def onnx_session(blob: bytes, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for a graph held in memory, using every core for each batch."""
+    """An ONNX Runtime CPU session for a graph held in memory, using every core for each batch.
+
+    Always from bytes, never from a path, and with ONNX Runtime's external-data folder set to an empty
+    private folder: loaded from memory, ONNX Runtime otherwise reads a tensor's "external data" relative to
+    the current folder, so a graph naming "secret.txt" would carry that file's bytes into its outputs.
+    onnx_check.check_graph refuses such graphs first; this is the second wall (ONNX Runtime 1.32 has no
+    switch that turns external data off, so the folder it may read from holds nothing)."""
     import onnxruntime as ort
 
+    if not isinstance(blob, bytes | bytearray):
+        raise TypeError("onnx_session takes the graph's bytes, never a path")
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", _empty_folder())
     options.intra_op_num_threads = int(threads or default_workers())
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -336,6 +349,7 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
     `threshold` overrides the run's neither threshold (a higher one answers "unknown" less often);
     `engine` (deep runs): "auto" (ONNX Runtime, else eager PyTorch), "onnx" or "torch"; `threads`: ONNX
     Runtime threads per call (default: every core; a server answering requests in parallel wants 1)."""
+    threshold = check_param("threshold", threshold)
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() != ".onnx":
@@ -346,7 +360,7 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
         except OSError as exc:
             raise PawsightError(f"cannot read {path}: {exc.strerror or exc}") from None
         return OnnxPredictor(blob, str(path), threshold, threads=threads)
-    from .run import load_model, read_graph, read_run_info
+    from .run import GRAPH_FILE, load_model, read_graph, read_run_info
 
     info = read_run_info(path)
     if info["approach"] == "classical":
@@ -355,7 +369,14 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
         return EstimatorPredictor(load_model(path), info, None)
     graph = read_graph(path, info) if engine in ("auto", "onnx") else None
     if graph is not None:  # the graph saved after training: no PyTorch import, no export at start
-        return OnnxPredictor(graph, str(path), threshold, threads=threads, info=info)
+        predictor = OnnxPredictor(graph, str(path / GRAPH_FILE), threshold, threads=threads, info=info)
+        if predictor.classes_ != list(info["classes"]) or predictor.approach != info["approach"]:
+            from .errors import shown
+
+            raise PawsightError(f"{shown(path)} is inconsistent: {GRAPH_FILE} is a {predictor.approach} "
+                                f"model of classes {predictor.classes_}, run.json describes a "
+                                f"{info['approach']} model of {info['classes']}")
+        return predictor
     return ModulePredictor(load_model(path), info, threshold, engine=engine, threads=threads)
 
 

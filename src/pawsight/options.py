@@ -11,7 +11,15 @@ Limits and why:
 - validation fraction: 0 <= f < 1; 0 trains on every picture and reports no validation metrics (score the
   model afterwards with `pawsight evaluate RUN OTHER_DATA`). Pre-split folders ignore it.
 - seed: 0 to 2**32 - 1 (what NumPy, PyTorch and scikit-learn all accept).
-- top-k: at least 1; more than the model's classes shows them all.
+- top-k: at least 1; more than the model's classes shows them all. report's top losses: 0 to 100.
+- threshold (the neither score above which a picture is "unknown"): 0 or more, finite. Scores are distances
+  in units of the calibrated limit (1.0 = the default threshold; 1e6 means "never unknown"); a NaN or
+  infinite threshold used to answer every picture "unknown".
+- time budget: at most 30 days (a larger number is a typo, not a plan).
+- serving: --port 0 (any free port) to 65535; --max-upload-mb above 0, at most 1024 (a request body is held
+  in memory); --workers 1 to 64 model threads; --max-batch 1 to 256 pictures; --max-megapixels per picture
+  above 0, at most 178 (the decompression-bomb limit of every picture read).
+- batch size: at most 65536 (more pictures than any batch fits in memory).
 NaN and infinities are refused everywhere.
 """
 
@@ -65,14 +73,22 @@ def _fmt(x: float) -> str:
 # The limits of each numeric option, by parameter name (the CLI's --name and --set name share them).
 LIMITS: dict[str, dict[str, Any]] = {
     "epochs": {"integer": True, "minimum": 1},
-    "batch_size": {"integer": True, "minimum": 1},
+    "batch_size": {"integer": True, "minimum": 1, "maximum": 65536},
     "size": {"integer": True, "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1]},
     "crop": {"integer": True, "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1]},
     "lr": {"above": 0},
-    "time_budget": {"above": 0},
+    "time_budget": {"above": 0, "maximum": 30 * 86400},
     "seed": {"integer": True, "minimum": 0, "maximum": SEED_MAX},
     "val_fraction": {"minimum": 0, "below": 1},
     "top_k": {"integer": True, "minimum": 1},
+    "top_losses": {"integer": True, "minimum": 0, "maximum": 100},  # report --top-k
+    "threshold": {"minimum": 0},
+    "port": {"integer": True, "minimum": 0, "maximum": 65535},
+    "max_upload_mb": {"above": 0, "maximum": 1024},
+    "workers": {"integer": True, "minimum": 1, "maximum": 64},
+    "max_batch": {"integer": True, "minimum": 1, "maximum": 256},
+    "max_files": {"integer": True, "minimum": 1, "maximum": 1024},
+    "max_megapixels": {"above": 0, "maximum": 178},  # images.MAX_PIXELS: the decompression-bomb limit
     "C": {"above": 0},
     "weight_decay": {"minimum": 0},
     "search_budget": {"minimum": 0},  # 0: only the default candidate
@@ -93,15 +109,22 @@ def check_params(params: dict[str, Any]) -> None:
             check_param(name, value)
 
 
-def cli_type(name: str, parse: Callable[[str], Any] | None = None) -> Callable[[str], Any]:
-    """An argparse `type=` that checks `--name` at parse time (argparse turns the error into one line)."""
+def cli_type(name: str, parse: Callable[[str], Any] | None = None, flag: str | None = None
+             ) -> Callable[[str], Any]:
+    """An argparse `type=` that checks the option against LIMITS[name] at parse time (argparse turns the
+    error into one line). `flag` is the option's spelling when it is not `--name` (report's --top-k checks
+    "top_losses"). The converter keeps `limits` and `parse` as attributes, so tests can walk every numeric
+    option of the parser and know which values it must refuse."""
+    shown_flag = flag or f"--{name.replace('_', '-')}"
 
     def convert(text: str) -> Any:
         try:
             value = parse(text) if parse is not None else text
-            return check_number(f"--{name.replace('_', '-')}", value, **LIMITS[name])
+            return check_number(shown_flag, value, **LIMITS[name])
         except PawsightError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--{name.replace('_', '-')} ")) from None
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{shown_flag} ")) from None
 
     convert.__name__ = name  # argparse names the type in some messages
+    convert.limits = LIMITS[name]  # type: ignore[attr-defined]
+    convert.parse = parse  # type: ignore[attr-defined]
     return convert

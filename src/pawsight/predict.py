@@ -154,10 +154,6 @@ def predict_command(args: argparse.Namespace) -> int:
     from .progress import bar
 
     fmt = "json" if args.json else (args.format or "table")
-    if args.top_k < 1:
-        raise PawsightError("--top-k must be at least 1")
-    if args.batch_size < 1:
-        raise PawsightError("--batch-size must be at least 1")
     if args.images.count("-") > 1:
         raise PawsightError("'-' (paths on stdin) can be given only once")
     missing = [p for p in args.images if p != "-" and not os.path.lexists(p)

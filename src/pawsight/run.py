@@ -67,6 +67,7 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
         raise PawsightError(f"{run_dir} was written in run format {info.get('format')!r} by pawsight "
                             f"{info.get('pawsight_version', '?')}; this pawsight {__version__} reads format "
                             f"{RUN_FORMAT}")
+    _refuse_damaged(path, _run_info_problems(info))
     return info
 
 
@@ -75,6 +76,93 @@ def data_root(info: dict[str, Any]) -> str | None:
     data = info.get("data")
     root = data.get("root") if isinstance(data, dict) else None
     return root if isinstance(root, str) and root else None
+
+
+# -- checking what pawsight reads back: one loader per kind of file ----------------------------------------
+# A run directory may have been edited by hand or come from someone else. Each reader below checks the
+# types of everything pawsight later uses, so a bad value is one line naming the file and the field
+# ("RUN/history.json is damaged: epoch must be a whole number, ..."), never a crash deep in a report (exit
+# status 3).
+
+def _refuse_damaged(path: Path, problems: list[str]) -> None:
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise PawsightError(f"{shown(path)} is damaged: {shown('; '.join(problems[:3]))}{more}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(record: dict[str, Any], key: str, problems: list[str], *, integer: bool = False,
+            optional: bool = True, where: str = "") -> None:
+    """Note a problem when record[key] is not a number (a whole one with `integer`); None/missing passes
+    when `optional`."""
+    value = record.get(key)
+    if value is None and optional:
+        return
+    if not _is_number(value) or (integer and not float(value).is_integer()):
+        kind = "a whole number" if integer else "a number"
+        problems.append(f"{where}{key} must be {kind}, got {value!r:.40}")
+
+
+def _typed(record: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, problems: list[str],
+           ) -> None:
+    if key in record and record[key] is not None and not isinstance(record[key], kind):
+        problems.append(f"{key} must be {what}, got {record[key]!r:.40}")
+
+
+def _run_info_problems(info: dict[str, Any]) -> list[str]:
+    """What is wrong in a parsed run.json (every field a command reads), [] when nothing."""
+    from .images import Preprocessing
+    from .models.base import APPROACHES
+
+    problems: list[str] = []
+    if info.get("approach") not in APPROACHES:
+        problems.append(f"approach must be one of {', '.join(APPROACHES)}, got {info.get('approach')!r:.40}")
+    classes = info.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        problems.append("classes must be a list of two or more distinct names")
+    _typed(info, "status", str, "a word (done, training, interrupted, failed)", problems)
+    for key in ("params", "metrics", "data", "timings"):
+        _typed(info, key, dict, "a JSON object", problems)
+    for key in ("error", "onnx_sha256", "onnx_model_sha256", "weights_sha256", "pawsight_version"):
+        _typed(info, key, str, "text", problems)
+    _number(info, "seed", problems, integer=True)
+    _number(info, "val_fraction", problems)
+    prep = info.get("preprocessing")
+    if prep is not None:
+        try:
+            if not isinstance(prep, dict) or not _is_number(prep.get("size")):
+                raise ValueError("size must be a number")
+            Preprocessing.from_dict(prep)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"preprocessing is invalid ({exc})")
+    elif info.get("status") in ("done", "interrupted"):
+        problems.append("preprocessing is missing")
+    data = info.get("data")
+    if isinstance(data, dict):
+        _typed(data, "root", str, "a folder path", problems)
+        for key in ("skipped", "ignored", "dropped_duplicates"):
+            if not isinstance(data.get(key, []), list) or not all(
+                    isinstance(s, dict) and isinstance(s.get("path", ""), str) for s in data.get(key, [])):
+                problems.append(f"data.{key} must be a list of {{path, reason}}")
+        if not isinstance(data.get("counts", {}), dict):
+            problems.append("data.counts must be a JSON object")
+    metrics = info.get("metrics")
+    if isinstance(metrics, dict):
+        validation = metrics.get("validation")
+        if validation is not None and not isinstance(validation, dict):
+            problems.append("metrics.validation must be a JSON object")
+        elif validation is not None:
+            for key in ("accuracy", "log_loss", "macro_f1"):
+                _number(validation, key, problems, where="metrics.validation.")
+            _number(validation, "n_images", problems, integer=True, where="metrics.validation.")
+    timings = info.get("timings")
+    if isinstance(timings, dict) and not all(_is_number(v) for v in timings.values()):
+        problems.append("timings must hold numbers of seconds")
+    return problems
 
 
 def _holds_pictures(folder: Path, limit: int = 200) -> bool:
@@ -162,10 +250,39 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
         raise PawsightError(f"{run_dir} is incomplete: {Path(exc.filename or '?').name} is missing") from None
     except Exception as exc:  # noqa: BLE001 - damaged or tampered files must read as one sentence
         raise PawsightError(f"cannot load the model in {run_dir}: {type(exc).__name__}: {exc}") from None
+    _check_weights(Path(run_dir), info)  # after loading: model.json's own checks name a damaged file first
     if list(model.classes_) != list(info["classes"]):
         raise PawsightError(f"{run_dir} is inconsistent: model classes {model.classes_} differ from run.json "
                             f"classes {info['classes']}")
     return model
+
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def weights_record(run_dir: str | Path) -> dict[str, str]:
+    """What run.json keeps about the weights just saved: their SHA-256 (see _check_weights)."""
+    return {"weights_sha256": file_sha256(Path(run_dir) / WEIGHTS_FILE)}
+
+
+def _check_weights(run_dir: Path, info: dict[str, Any]) -> None:
+    """Refuse weights other than the ones this run saved. model.json records the SHA-256 of
+    model.safetensors, so a damaged file is caught when the model loads; but a model.json + weights PAIR
+    copied from another run matched itself and was accepted. run.json records the weights' SHA-256 too
+    (`weights_sha256`; a deep run's `onnx_model_sha256`, from before it was recorded, is the same hash)."""
+    want = info.get("weights_sha256") or info.get("onnx_model_sha256")
+    if not isinstance(want, str):
+        return  # a run from before pawsight recorded it: model.json's own checksum still applies
+    try:
+        got = file_sha256(run_dir / WEIGHTS_FILE)
+    except FileNotFoundError:
+        raise PawsightError(f"{shown(run_dir)} is incomplete: {WEIGHTS_FILE} is missing") from None
+    except OSError as exc:
+        raise PawsightError(f"cannot read {shown(run_dir / WEIGHTS_FILE)}: {exc.strerror or exc}") from None
+    if got != want:
+        raise PawsightError(f"{shown(run_dir / WEIGHTS_FILE)} is not the model this run trained (its SHA-256 "
+                            "differs from the one in run.json: replaced or damaged); retrain or restore the "
+                            "run directory")
 
 
 # -- what pawsight writes in a run directory (the only things --overwrite may remove) ------------------
@@ -600,7 +717,36 @@ def read_evaluation(run_dir: str | os.PathLike[str], name: str | None = None) ->
     if record.get("format") != EVALUATION_FORMAT:
         raise PawsightError(f"{shown(path)} has evaluation format {record.get('format')!r}; this pawsight "
                             f"reads format {EVALUATION_FORMAT}")
+    _refuse_damaged(path, _evaluation_problems(record))
     return record
+
+
+def _evaluation_problems(record: dict[str, Any]) -> list[str]:
+    """What is wrong in a parsed evaluation (what plots and reports read), [] when nothing."""
+    problems: list[str] = []
+    classes = record.get("classes")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and classes):
+        return ["classes must be a list of class names"]
+    for key in ("accuracy", "log_loss", "macro_f1", "threshold"):
+        _number(record, key, problems)
+    for key in ("n_images", "n_errors"):
+        _number(record, key, problems, integer=True)
+    for key in ("data", "split", "name"):
+        _typed(record, key, str, "text", problems)
+    for i, p in enumerate(record["predictions"]):
+        if not isinstance(p, dict):
+            problems.append(f"prediction {i} must be a JSON object")
+        elif not (isinstance(p.get("path"), str) and p.get("label") in classes
+                  and isinstance(p.get("predicted"), str)):
+            problems.append(f"prediction {i} needs a path, a label among the classes and a predicted label")
+        elif not (isinstance(p.get("probabilities"), list) and len(p["probabilities"]) == len(classes)
+                  and all(_is_number(v) for v in p["probabilities"])):
+            problems.append(f"prediction {i}: probabilities must be {len(classes)} numbers")
+        else:
+            _number(p, "loss", problems, where=f"prediction {i}: ")
+        if len(problems) > 3:
+            break
+    return problems
 
 
 def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -615,7 +761,20 @@ def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise PawsightError(f"{shown(path)} is damaged and cannot be read ({exc})") from None
     if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r for r in history):
         raise PawsightError(f"{shown(path)} is not a pawsight training history")
+    problems: list[str] = []
+    for row in history:
+        _number(row, "epoch", problems, integer=True, optional=False)
+        for key in HISTORY_NUMBERS:
+            _number(row, key, problems)
+        if problems:
+            problems[-1] = f"{problems[-1]} (epoch {shown(repr(row.get('epoch')))[:20]})"
+            break
+    _refuse_damaged(path, problems)
     return history
+
+
+# Columns of history.json that hold numbers (None where not measured), as training.write_history writes them.
+HISTORY_NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 def read_status(run_dir: str | os.PathLike[str]) -> str:

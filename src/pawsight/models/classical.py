@@ -109,6 +109,18 @@ class ClassicalClassifier(ImageClassifier):
             raise PawsightError(f"a fractional pca keeps that share of variance and must be in (0, 1), "
                                 f"got {self.pca}")
 
+    def _check_pca(self, n_samples: int, n_features: int) -> None:
+        """Refuse a `pca` number of components the data cannot give: PCA keeps at most as many components
+        as there are rows (training pictures, mirrored copies included) or features. Our own default is
+        quietly fitted to the data; a value the user chose used to be clamped just as quietly."""
+        if self.pca is None or isinstance(self.pca, bool) or float(self.pca) < 1:
+            return
+        most = min(n_samples, n_features)
+        if int(self.pca) > most:
+            raise PawsightError(f"pca must be between 1 and {most} components for this data (at most the "
+                                f"{n_samples} training rows and {n_features} features), got {int(self.pca)}; "
+                                "or a variance fraction such as pca=0.95")
+
     def _pca_components(self) -> int | float | None:
         pca = DEFAULT_PCA.get(self.model) if self.pca is None else self.pca
         if not pca:
@@ -183,6 +195,7 @@ class ClassicalClassifier(ImageClassifier):
             y, groups = np.concatenate([y, y]), np.concatenate([groups, groups])
         self.timings_["extract"] = time.perf_counter() - t
         self.n_features_ = int(F.shape[1])
+        self._check_pca(len(F), F.shape[1])
 
         self.pipeline_ = self.build_pipeline(len(F), F.shape[1])
         self.search_results_: list[dict[str, Any]] = []

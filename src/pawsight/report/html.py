@@ -83,8 +83,11 @@ def build_report(run: str | Path, data: str | Path | None = None, out: str | Pat
                  top_k: int = 8, explain: bool = True) -> tuple[Path, dict[str, float]]:
     """Write the report of `run` (evaluated on `data`, or its saved / validation evaluation) to `out`
     (default RUN/report.html). Returns (path, seconds per part)."""
+    from ..options import check_param
     from ..run import data_root, read_run_info
     from ..storage import HTML_MARKER, atomic_write_text, check_output_file
+
+    check_param("top_losses", top_k)
 
     seconds: dict[str, float] = {}
 

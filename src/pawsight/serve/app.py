@@ -6,8 +6,20 @@ label or normalises pixels itself, so the page, the API, the CLI and Python give
 
 The model runs in one thread per core (ONNX Runtime on one thread each); with `max_batch` > 1, requests that
 queued up while those threads were busy go into their next call as one batch (micro-batching, off by
-default: it did not pay here, see DEFAULT_MAX_BATCH). Decoding runs in the request threads, in parallel
-with the model.
+default: it did not pay here, see DEFAULT_MAX_BATCH). Decoding runs in its own threads, one per core, in
+parallel with the model.
+
+What one client can cost the server is bounded (README "Use it on the web", limits):
+- bytes: the request body (`max_upload_mb`) and pictures per request (`max_files`), else 413;
+- pixels: a small PNG may declare 13000x13000 pixels (1.45 GB and 7.8 s to decode). Each picture may decode
+  to at most `max_megapixels` (JPEGs are decoded at reduced scale near the model's size, so only their
+  reduced size counts) and one request to REQUEST_PICTURES_OF_PIXELS times that; both are read from the
+  pictures' headers before anything is decoded, else 413;
+- CPU and memory: at most one decode per core at a time (the decode pools), whatever the number of clients;
+  requests of small pictures have their own thread, so large ones cannot make everyone wait;
+- time: a client gets HEADER_TIMEOUT seconds to send its request headers and BODY_TIMEOUT seconds for its
+  body (BODY_IDLE_TIMEOUT without a byte), else the connection is closed (408 for a body): slow clients
+  cannot hold connections open forever.
 
 No PyTorch is imported here: a classical run or an exported .onnx file serves with the `serve` extra only.
 """
@@ -35,8 +47,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__
-from ..images import MAX_PIXELS, ImageError
+from ..images import ImageError, ImageTooLarge, decoded_pixels
 from ..inference import read_image
+from ..options import check_param
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -49,6 +62,43 @@ DEFAULT_MAX_BATCH = 1
 # answer (a server that hangs up mid-upload looks like a network error); beyond it the connection closes.
 DRAIN_LIMIT = 256 * 2**20
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: decided by content, like every picture
+# Pixels one picture may decode to, in millions: a 24 MP camera photo (6000x4000) passes; decoding one this
+# size takes ~0.3 GB at peak and about a second. JPEGs count at the reduced scale they are decoded at.
+DEFAULT_MAX_MEGAPIXELS = 24.0
+REQUEST_PICTURES_OF_PIXELS = 4  # one request may decode at most this many pictures of the largest size
+SMALL_REQUEST_PIXELS = 2_000_000  # a request decoding at most this many pixels has its own decode thread
+HEADER_TIMEOUT = 10.0  # seconds from connecting (or the previous answer) to complete request headers
+BODY_TIMEOUT = 120.0  # seconds to send a whole request body (20 MB at 1.4 Mbit/s)
+BODY_IDLE_TIMEOUT = 15.0  # seconds without a byte of the body
+
+
+class SlowClient(Exception):
+    """A request body that did not arrive in time (BodyDeadline); answered 408 and the connection closed."""
+
+
+class BodyDeadline:
+    """ASGI middleware: the request body must arrive within `total` seconds, with no gap longer than `idle`
+    (a client trickling a byte now and then would otherwise hold a connection and its buffers forever)."""
+
+    def __init__(self, app: Any, total: float, idle: float) -> None:
+        self.app, self.total, self.idle = app, total, idle
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total
+
+        async def receive_in_time() -> dict[str, Any]:
+            wait = min(self.idle, deadline - loop.time())
+            try:
+                return await asyncio.wait_for(receive(), max(wait, 0.0))
+            except TimeoutError:
+                raise SlowClient(f"request body too slow: not received within {self.total:g} s (or "
+                                 f"{self.idle:g} s without data)") from None
+
+        await self.app(scope, receive_in_time, send)
 
 
 class UploadRejected(Exception):
@@ -59,9 +109,36 @@ class UploadRejected(Exception):
         self.status, self.message = status, message
 
 
+def release_after(fn: Any, *args: Any) -> Any:
+    """fn(*args), then hand the freed heap back to the system. Decoding a large picture frees tens of MB in
+    the decode thread's malloc arena, which glibc otherwise keeps: the server's memory stayed ~50 MB above
+    idle after a burst of 24 MP pictures (benchmarks/bench_serve.py --hostile)."""
+    try:
+        return fn(*args)
+    finally:
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def default_workers() -> int:
     """One model thread per core (each runs ONNX Runtime on one thread; see load_predictor)."""
-    from ..cache import default_workers as usable_cores
+    from ..system import default_workers as usable_cores
 
     return min(usable_cores(), 8)
 
@@ -151,16 +228,24 @@ class MicroBatcher:
 def create_app(predictor_or_path: Any, *, threshold: float | None = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
                max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0,
-               workers: int | None = None) -> FastAPI:
+               workers: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+               header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+               body_idle_timeout: float = BODY_IDLE_TIMEOUT) -> FastAPI:
     """The FastAPI app serving a predictor, or the run directory / .onnx file at `predictor_or_path`.
 
     `threshold` (only with a path) overrides the run's unknown-threshold. Uploads larger than `max_upload_mb`
-    (the whole request body) or with more than `max_files` pictures are refused with 413; each picture may
-    hold at most images.MAX_PIXELS pixels. `max_batch` caps a micro-batch (1 = one request at a time);
+    (the whole request body) or with more than `max_files` pictures are refused with 413, and so is a picture
+    that would decode to more than `max_megapixels` million pixels (or a request to more than
+    REQUEST_PICTURES_OF_PIXELS times that). `max_batch` caps a micro-batch (1 = one request at a time);
     `batch_wait_ms` lets the model wait that long for more requests before it starts a batch. `workers`
     model threads run batches at the same time (default: one per core when loading from a path; 1 for a
-    predictor object, which may not allow concurrent calls).
+    predictor object, which may not allow concurrent calls). `header_timeout`, `body_timeout` and
+    `body_idle_timeout` (seconds) bound how long a client may take to send a request (see module docstring).
+    Numbers are checked against options.LIMITS, as on the command line.
     """
+    for name, value in (("max_upload_mb", max_upload_mb), ("max_files", max_files), ("max_batch", max_batch),
+                        ("workers", workers), ("max_megapixels", max_megapixels)):
+        check_param(name, value)
     if isinstance(predictor_or_path, str | os.PathLike):
         predictor = load_predictor(predictor_or_path, threshold)
         workers = default_workers() if workers is None else workers
@@ -170,10 +255,19 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
         predictor = predictor_or_path
         workers = 1 if workers is None else workers
     max_bytes = int(max_upload_mb * 2**20)
+    max_pixels = int(max_megapixels * 1e6)
     prep = predictor.preprocessing
     classes = [str(c) for c in predictor.classes_]
     batcher = MicroBatcher(predictor.predict_records, max_batch=max_batch, wait_seconds=batch_wait_ms / 1000,
                            workers=workers)
+    from ..system import default_workers as usable_cores
+
+    # One decode per core at a time: memory and CPU for decoding stay bounded however many clients send.
+    # Requests with large pictures get all cores but one; the last decodes small ones (a phone's JPEG at its
+    # draft scale is small), so 16 clients sending 24 MP PNGs cannot make everyone else wait behind them.
+    cores = usable_cores()
+    decoders = ThreadPoolExecutor(max(1, cores - 1), thread_name_prefix="pawsight-decode")
+    small_decoders = ThreadPoolExecutor(1, thread_name_prefix="pawsight-decode-small")
     started = time.time()
 
     @contextlib.asynccontextmanager
@@ -181,11 +275,19 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
         batcher.start()
         yield
         await batcher.stop()
+        decoders.shutdown(wait=True, cancel_futures=True)
+        small_decoders.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="pawsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image recognition with a trained pawsight model ({predictor.approach}: "
                               f"{', '.join(classes)}). The web page is at `/`.")
     app.state.predictor, app.state.batcher = predictor, batcher
+    app.state.header_timeout = float(header_timeout)  # make_server gives it to the connection protocol
+    app.add_middleware(BodyDeadline, total=float(body_timeout), idle=float(body_idle_timeout))
+
+    @app.exception_handler(SlowClient)
+    async def slow(request: Request, exc: SlowClient) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=408, headers={"Connection": "close"})
 
     @app.exception_handler(UploadRejected)
     async def rejected(request: Request, exc: UploadRejected) -> JSONResponse:
@@ -200,13 +302,32 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request", "details": jsonable(exc.errors())}, status_code=422)
 
+    def pixels_to_decode(uploads: list[tuple[str, bytes]]) -> int:
+        """How many pixels decoding the request will produce, read from the pictures' headers (cheap: no
+        decoding); a request over the limits is refused (413) before anything is decoded."""
+        total = 0
+        for name, data in uploads:
+            pixels = decoded_pixels(data, prep.size) or 0
+            if pixels > max_pixels:
+                raise UploadRejected(413, f"{name}: picture too large: {pixels / 1e6:.1f} megapixels to "
+                                          f"decode, more than the {max_megapixels:g} allowed per picture "
+                                          "(pawsight serve --max-megapixels)")
+            total += pixels
+        if total > REQUEST_PICTURES_OF_PIXELS * max_pixels:
+            most = REQUEST_PICTURES_OF_PIXELS * max_megapixels
+            raise UploadRejected(413, f"pictures too large together: {total / 1e6:.1f} megapixels to decode "
+                                      f"in one request, more than {most:g}; send them in several requests")
+        return total
+
     def decode_all(uploads: list[tuple[str, bytes]]) -> list[np.ndarray | str]:
         """The model's input for each uploaded picture (inference's reader, the run's Preprocessing), or the
         one-line reason it cannot be read."""
         out: list[np.ndarray | str] = []
-        for _, data in uploads:
+        for name, data in uploads:
             try:
-                out.append(read_image(data, prep))
+                out.append(read_image(data, prep, max_pixels=max_pixels))
+            except ImageTooLarge as exc:  # the header said otherwise than the decoder (TIFF pages, ...)
+                raise UploadRejected(413, f"{name}: {exc}") from None
             except ImageError as exc:
                 out.append(str(exc))
         return out
@@ -220,13 +341,16 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
         picture that cannot be read gets `error` instead. If none can be read the answer is 422."""
         t0 = time.perf_counter()
         uploads = await read_uploads(request, max_bytes, max_files)
-        from starlette.concurrency import run_in_threadpool
-
-        decoded = await run_in_threadpool(decode_all, uploads)
+        names = [name for name, _ in uploads]
+        small = pixels_to_decode(uploads) <= SMALL_REQUEST_PIXELS
+        work = decode_all if small else lambda u: release_after(decode_all, u)
+        decoded = await asyncio.get_running_loop().run_in_executor(small_decoders if small else decoders,
+                                                                   work, uploads)
+        del uploads  # the encoded bytes are not needed while the model runs
         good = [x for x in decoded if isinstance(x, np.ndarray)]
         records = iter(await batcher(np.stack(good)) if good else [])
         out: list[dict[str, Any]] = []
-        for (name, _), x in zip(uploads, decoded, strict=True):
+        for name, x in zip(names, decoded, strict=True):
             if isinstance(x, str):
                 out.append({"file": name, "error": x})
             else:
@@ -242,6 +366,8 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
         return {"status": "ok", "uptime_seconds": round(time.time() - started, 1),
                 "batches": batcher.batches, "images": batcher.images}
 
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # monitors use HEAD
+
     @app.get("/model", summary="What the model is: classes, approach, metrics, preprocessing, threshold")
     async def model() -> dict[str, Any]:
         info = dict(getattr(predictor, "info", None) or {})
@@ -249,11 +375,13 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
             "classes": classes, "approach": predictor.approach,
             "metrics": info.get("metrics", {}), "preprocessing": prep.to_dict(),
             "threshold": getattr(predictor, "threshold", None),
-            "limits": {"max_upload_bytes": max_bytes, "max_files": max_files, "max_pixels": MAX_PIXELS},
+            "limits": {"max_upload_bytes": max_bytes, "max_files": max_files, "max_pixels": max_pixels,
+                       "max_request_pixels": REQUEST_PICTURES_OF_PIXELS * max_pixels,
+                       "header_timeout_seconds": header_timeout, "body_timeout_seconds": body_timeout},
             "pawsight_version": __version__,
         })
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
@@ -417,10 +545,64 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: FastAPI, log_level: str = "info", access_log: bool = True) -> Any:
+    """A uvicorn server for `app` whose connections must send their request headers within the app's
+    `header_timeout` (HEADER_TIMEOUT by default); see header_deadline_protocol."""
     import uvicorn
 
+    timeout = float(getattr(app.state, "header_timeout", HEADER_TIMEOUT))
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
-                                         timeout_keep_alive=30, server_header=False))
+                                         timeout_keep_alive=5, server_header=False,
+                                         http=header_deadline_protocol(timeout)))
+
+
+def header_deadline_protocol(timeout: float) -> type:
+    """uvicorn's h11 connection protocol with a deadline for request headers.
+
+    uvicorn times out idle keep-alive connections, but not a client that connects and sends nothing, or
+    half a request line, or headers a byte a minute ("slowloris"): each such connection was held forever.
+    Here a connection is closed when `timeout` seconds pass from connecting (or from the previous answer)
+    without complete request headers. The body has its own deadline (BodyDeadline)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._waiting_for_headers():
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._waiting_for_headers():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
 
 
 @contextlib.contextmanager
