@@ -100,9 +100,7 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
     `params`: approach -> model parameters (default: each approach's defaults)."""
     from . import api
     from .data import scan
-    from .options import check_param
 
-    check_param("seed", seed)  # time_budget 0 is allowed here: "no time left", as auto_train's callers use it
     t0 = time.perf_counter()
     params_by_approach = params
     check_param("seed", seed)
@@ -745,10 +743,6 @@ def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fracti
            recipes: list[Recipe] | None = None) -> dict[str, Any]:
     """Data + hardware + calibration -> estimated training time of each recipe (default: RECIPES, every
     approach) and a recommendation."""
-    from .options import check_param
-
-    for name, value in (("seed", seed), ("val_fraction", val_fraction)):  # time_budget 0: see compare
-        check_param(name, value)
     t0 = time.perf_counter()
     for name, value in (("time_budget", time_budget), ("seed", seed), ("val_fraction", val_fraction)):
         check_param(name, value)  # before any work, as for train and compare
