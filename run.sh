@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pawsight's one entry point for newcomers and CI.
 #   ./run.sh demo [--data DIR]   set up, then download (or use DIR), inspect, train, evaluate, predict
-#   ./run.sh test [PYTEST ARGS]  set up, then lint and run the test suite (one worker per core;
+#   ./run.sh test [PYTEST ARGS]  set up, then lint, build the docs and run the tests (one worker per core;
 #                                -m "not slow" for the quick edit-loop tier)
 #   ./run.sh bench [NAME]        set up, then run benchmarks/ (prints tables)
 #   ./run.sh notebook            set up (+ JupyterLab, once), then open the lesson notebook
@@ -99,6 +99,14 @@ case "$cmd" in
     setup
     ensure_chromium
     "$VENV/bin/ruff" check src tests benchmarks notebooks
+    # The documentation site must build without a warning (broken link, missing page), into a temporary
+    # folder, never the repository. Not --quiet: it hides warnings from --strict too (mkdocs issue #4126),
+    # so the output is kept and shown only when the build fails.
+    site="$(mktemp -d)"
+    if ! docs_log="$(NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --site-dir "$site" 2>&1)"; then
+      grep -v '^INFO' <<<"$docs_log" >&2; rm -rf "$site"; exit 1
+    fi
+    rm -rf "$site"
     # one pytest worker per core (pytest-xdist) unless the caller chose (-n N, -p no:xdist)
     parallel=(-n auto)
     for arg in "$@"; do
