@@ -12,8 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pawsight"
 
 # Layers, lowest first. A module may import its own layer and the ones below, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"_version", "errors", "options", "storage", "progress", "system", "onnx_check"}),
-    ("data", {"images", "data", "cachedir", "cache", "dedup"}),
+    ("base", {"_version", "errors", "options", "storage", "progress", "system"}),
+    ("data", {"images", "data", "cachedir", "cache", "dedup", "onnx_check"}),
     ("engine", {"normalize", "features", "backbones", "training", "evaluation", "models", "models.base",
                 "models.classical", "models.transfer", "models.scratch", "models.neither", "models.deep"}),
     ("waist", {"run", "inference", "scoring"}),

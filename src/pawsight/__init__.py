@@ -6,7 +6,8 @@ needs them)."""
 
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 __all__ = ["__version__", "evaluate", "load", "predict", "train"]
 
 

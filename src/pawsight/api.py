@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .cache import ImageCache
-from .data import SPLITS, DataSet, Sample, Skip, counts_of, per_class_subset, scan
+from .data import DataSet, Skip, counts_of, per_class_subset, scan
 from .errors import PawsightError, shown
 from .evaluation import classification_metrics, picture_predictions
 from .options import check_param
@@ -28,16 +28,16 @@ from .run import (
     mark_failed,
     mark_interrupted,
     open_for_training,
-    read_manifest,
     resume_settings,
     save_evaluation,
-    sha256_many,
     weights_record,
     write_manifest,
     write_run_info,
 )
+from .scoring import answered, evaluate
 
 PathLike = str | os.PathLike[str]
+__all__ = ["evaluate", "load", "predict", "train"]  # evaluate lives in scoring.py (the waist), shown here
 
 
 def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"):
@@ -201,7 +201,7 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
         answers = decide(proba, ds.classes, score, threshold)
         validation = {**metrics["validation"], "split": "validation", "data": str(Path(data)),
                       "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped],
-                      **_answered(answers, [ds.classes[i] for i in va.labels]), "threshold": threshold,
+                      **answered(answers, [ds.classes[i] for i in va.labels]), "threshold": threshold,
                       "predictions": picture_predictions(va.paths, va.labels, proba, ds.classes, answers)}
     metrics["train_size"] = len(tr.labels)
 
@@ -267,56 +267,6 @@ def _draw_curves(out: Path) -> None:
               f"'pawsight plot {out}' draws them later", file=sys.stderr)
 
 
-def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
-             cache: ImageCache | None = None, save: bool = True, threshold: float | None = None
-             ) -> dict[str, Any]:
-    """Score a trained run (or an exported .onnx file) on a data folder. `split`: train, validation, test or
-    all; default: the test split if the folder has one, else the pictures the run validated on when `data` is
-    its training folder (from its manifest, so pictures added since are not scored), else validation for
-    pre-split folders, else every picture in the folder.
-
-    Returns the metrics (they rate the most probable class), `unknown` (how many pictures inference.decide
-    answers "unknown": neither score above `threshold`, default the run's), `accuracy_answered` (accuracy of
-    the labels it does give), `predictions` (one dict per picture: path, label, predicted (decide's answer),
-    probabilities in the model's class order, loss = -log p(true class)) and `saved`: the file under
-    RUN/evaluations/ it was saved to (None with `save=False`, for an .onnx file, or when the run directory
-    cannot be written: then `save_error` says why).
-    """
-    from .inference import decide
-    from .inference import load as load_predictor
-
-    model = load_predictor(run_dir, threshold=threshold)
-    info = model.info
-    t0 = time.perf_counter()
-    classes = list(model.classes_)
-    samples, used_split, ds, selection = _evaluation_samples(data, split, info, run_dir, classes)
-    unknown = [c for c in ds.classes if c not in classes]
-    if unknown:
-        raise PawsightError(f"{data} has class folder(s) the model does not know: {', '.join(unknown)} "
-                            f"(model classes: {', '.join(classes)})")
-    remap = {i: classes.index(c) for i, c in enumerate(ds.classes)}
-    samples = [Sample(s.path, remap[s.label], s.split) for s in samples]
-    decoded = (cache or ImageCache()).load_samples(samples, model.preprocessing, desc="decoding")
-    t = time.perf_counter()
-    proba, score = (model.forward(decoded.images) if len(decoded.labels)
-                    else (np.zeros((0, len(classes))), None))
-    seconds_predict = time.perf_counter() - t
-    result = classification_metrics(decoded.labels, proba, classes)
-    answers = decide(proba, classes, score, model.threshold)
-    result.update(_answered(answers, [classes[i] for i in decoded.labels]), threshold=model.threshold)
-    result.update(split=used_split, selection=selection, data=str(Path(data)), run=str(run_dir),
-                  skipped=[s.to_dict() for s in ds.skipped + decoded.skipped],
-                  seconds={"predict": round(seconds_predict, 3), "total": round(time.perf_counter() - t0, 3)},
-                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes, answers))
-    result["saved"] = None
-    if save and Path(run_dir).is_dir():
-        try:
-            result["saved"] = str(save_evaluation(run_dir, result))
-        except (OSError, PawsightError) as exc:  # a read-only run (someone else's) still gets its scores
-            result["save_error"] = str(exc)
-    return result
-
-
 def predict(run_dir: PathLike, paths: list[PathLike], top_k: int = 1, model=None,
             threshold: float | None = None) -> tuple[list[dict[str, Any]], list[Skip]]:
     """Label image files (folders are searched) with a run directory or an exported .onnx file.
@@ -353,68 +303,12 @@ def top_classes(probabilities: dict[str, float], k: int) -> list[dict[str, Any]]
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
-def _answered(answers: list[str], truth: list[str]) -> dict[str, Any]:
-    """How many pictures were answered "unknown", and the accuracy of the class labels that were given."""
-    from .inference import UNKNOWN
-
-    given = [(a, t) for a, t in zip(answers, truth, strict=True) if a != UNKNOWN]
-    return {"unknown": len(answers) - len(given),
-            "accuracy_answered": (sum(a == t for a, t in given) / len(given)) if given else None}
-
-
 def _accepted(approach: str) -> set[str]:
     import inspect
 
     from .models.base import model_class
 
     return set(inspect.signature(model_class(approach).__init__).parameters)
-
-
-def _evaluation_samples(data: PathLike, split: str | None, info: dict[str, Any], run_dir: PathLike,
-                        classes: list[str]) -> tuple[list[Sample], str, DataSet, str]:
-    """(samples, split, data set, selection); selection says where the list came from: "manifest" (the
-    run's own record of its training/validation pictures) or "folder" (what the folder holds now)."""
-    ds = scan(data, val_fraction=0.0)
-    root = (info.get("data") or {}).get("root")
-    manifest = read_manifest(run_dir) if root and os.path.realpath(data) == os.path.realpath(root) else []
-    if split in (None, "auto"):
-        if "test" in ds.splits:
-            split = "test"
-        elif manifest or (ds.layout == "split-folders" and "validation" in ds.splits):
-            split = "validation"
-        else:
-            split = "all"
-    if split == "all":
-        return ds.samples, "all", ds, "folder"
-    if split not in SPLITS:
-        raise PawsightError(f"unknown split {split!r}; use train, validation, test or all")
-    if manifest and split in ("train", "validation"):
-        return (*_manifest_samples(Path(data), manifest, split, classes), "manifest")
-    if ds.layout == "class-folders" and split in ("train", "validation"):
-        # the same seeded split training made, so 'validation' means the held-out pictures
-        ds = scan(data, val_fraction=info.get("val_fraction", 0.2), seed=info.get("seed", 0))
-    samples = ds.split(split)
-    if not samples:
-        raise PawsightError(f"{data} has no '{split}' pictures (splits present: {', '.join(ds.splits)})")
-    return samples, split, ds, "folder"
-
-
-def _manifest_samples(root: Path, manifest: list[dict[str, str]], split: str, classes: list[str]
-                      ) -> tuple[list[Sample], str, DataSet]:
-    """The pictures of `split` the run recorded; removed or changed ones are skipped with the reason."""
-    wanted = [m for m in manifest if m["split"] == split and m["label"] in classes]
-    paths = [root / m["path"] for m in wanted]
-    hashes = sha256_many(paths)
-    samples: list[Sample] = []
-    skipped: list[Skip] = []
-    for m, path, h in zip(wanted, paths, hashes, strict=True):
-        if h is None:
-            skipped.append(Skip(str(path), f"in the run's {split} pictures but no longer in the data folder"))
-        elif h != m["sha256"]:
-            skipped.append(Skip(str(path), f"in the run's {split} pictures but changed since training"))
-        else:
-            samples.append(Sample(path, classes.index(m["label"]), split))
-    return samples, split, DataSet(root, list(classes), samples, "manifest", skipped)
 
 
 def _drop_duplicates(ds: DataSet, cache: ImageCache, prep) -> tuple[DataSet, list[dict[str, Any]]]:

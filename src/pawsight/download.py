@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .cachedir import default_cache_dir
 from .errors import PawsightError, shown
 from .progress import bar, progress

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import PawsightError, shown
 from .inference import ONNX_METADATA_KEY, onnx_session, run_session
 from .onnx_check import EXPORT_FORMAT, check_graph

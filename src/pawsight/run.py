@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .errors import PawsightError, shown
 from .storage import HTML_MARKER, ONNX_MARKER, PNG_MARKER, atomic_write_json
 
@@ -47,6 +47,9 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of `run_dir` as a dict, after checking it: a missing or damaged file, a folder of pictures
+    given where a run is expected, a run from an incompatible version or a field of the wrong type is refused
+    in one sentence (PawsightError). THE reader of run.json: every command goes through it."""
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     if not run_dir.is_dir():

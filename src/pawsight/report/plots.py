@@ -5,10 +5,10 @@
     curve = learning_curve("runs/c")              # classical / frozen transfer: accuracy vs training size
     plot_run("runs/c")                            # `pawsight plot RUN`: write them into RUN/plots/
 
-`evaluation` is what `api.evaluate` returns (and saves under the run): the metrics plus `predictions`, one
-dict per picture {path, label, predicted, probabilities, loss}. Figures are drawn with matplotlib's Agg
-canvas (no display, no global pyplot state); names from the user's folders are drawn as plain text, never
-parsed as math.
+`evaluation` is what `scoring.evaluate` (`pawsight.evaluate`) returns (and saves under the run): the metrics
+plus `predictions`, one dict per picture {path, label, predicted, probabilities, loss}. Figures are drawn
+with matplotlib's Agg canvas (no display, no global pyplot state); names from the user's folders are drawn
+as plain text, never parsed as math.
 """
 
 from __future__ import annotations
@@ -461,11 +461,11 @@ def plot_run(run: str | Path, evaluation: dict[str, Any] | None = None, learning
 
 def load_evaluation(run: str | Path, data: str | Path | None = None, split: str | None = None
                     ) -> dict[str, Any]:
-    """The evaluation a report shows: `data` scored now (api.evaluate, which saves it under the run); without
-    `data`, the run's latest saved evaluation (training saves its validation one), else the run's own
+    """The evaluation a report shows: `data` scored now (scoring.evaluate, which saves it under the run);
+    without `data`, the run's latest saved evaluation (training saves its validation one), else the run's own
     validation pictures scored now."""
-    from .. import api
     from ..run import list_evaluations, read_evaluation, read_run_info
+    from ..scoring import evaluate
 
     if data is None:
         if list_evaluations(run):
@@ -475,4 +475,4 @@ def load_evaluation(run: str | Path, data: str | Path | None = None, split: str 
             raise PawsightError(f"{shown(run)} has no saved evaluation and its training pictures are gone; "
                                 "give labelled pictures with --data DIR")
         split = split or "validation"
-    return api.evaluate(run, data, split=split)
+    return evaluate(run, data, split=split)

@@ -46,7 +46,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .. import __version__
+from .._version import __version__
 from ..images import ImageError, ImageTooLarge, decoded_pixels
 from ..inference import read_image
 from ..options import check_param
