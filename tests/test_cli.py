@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from clitools import pawsight as run_cli
 from pawsight.cli import main, parse_duration
 from pawsight.errors import PawsightError
 from pawsight.run import read_run_info, write_run_info
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pawsight", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1h30m", 5400)])

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clitools import error_line, pawsight
 from pawsight import download as dl
 from pawsight.cache import ImageCache
 from pawsight.errors import PawsightError
@@ -86,10 +86,7 @@ def photos(tiny: Path) -> list[Path]:
 
 
 def cli(*args: str, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PAWSIGHT_CACHE": str(cache),
-           "PAWSIGHT_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "pawsight", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return pawsight(*args, cwd=cwd, env={"PYTHONPATH": str(ROOT / "src"), "PAWSIGHT_CACHE": str(cache)})
 
 
 def cli_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str,
@@ -107,11 +104,7 @@ def cli_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     return subprocess.CompletedProcess(args, status, out, err)
 
 
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "unexpected" not in lines[0] and "report" not in lines[0]
-    return lines[0]
+one_error_line = error_line  # this file passes stderr
 
 
 # -- the decode cache --------------------------------------------------------------------------------------

@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from clitools import error_line
 from pawsight.cli import main
 from pawsight.errors import PawsightError
 from pawsight.models.base import make_model
 
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    return lines[0]
+one_error_line = error_line  # this file passes stderr
 
 
 def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -17,27 +17,13 @@ from pathlib import Path
 import pytest
 
 import pawsight
+from clitools import one_error_line
+from clitools import pawsight as cli
 from pawsight.errors import PawsightError
 from pawsight.run import load_model, read_run_info, write_run_info
 
 FAST = ["--approach", "classical", "--features", "hog", "--model", "logreg"]
 FAST_PARAMS = {"approach": "classical", "features": "hog", "model": "logreg"}
-
-
-def cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pawsight", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PAWSIGHT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -177,8 +163,8 @@ SCRATCH = ["--approach", "scratch", "--size", "32", "--set", "width=8", "--batch
 def test_a_second_writer_is_refused_and_a_killed_one_does_not_block(tiny: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "pawsight", "train", str(tiny), *SCRATCH, "--epochs",
-                              "1000", "--out", str(run)], env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                              "1000", "--out", str(run)], env={**os.environ, "PAWSIGHT_PROGRESS": "0"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         state = run / "checkpoint" / "state.json"
         deadline = time.monotonic() + 120

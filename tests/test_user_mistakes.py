@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from clitools import pawsight
 from pawsight.cli import main
 
 
@@ -139,8 +139,7 @@ def test_damaged_run_directories_are_one_line(ws: dict[str, Path], tiny: Path,
 
 
 def run_cli(*args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(prefix or []), sys.executable, "-m", "pawsight", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PAWSIGHT_PROGRESS": "0"})
+    return pawsight(*args, prefix=prefix)
 
 
 def test_mistakes_through_a_real_process(ws: dict[str, Path]) -> None:

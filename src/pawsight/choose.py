@@ -714,8 +714,7 @@ def estimate_seconds(recipe: Recipe, cal: Calibration, n_train: int, n_val: int,
         if not c:
             return None
         return (decode + c["setup"] + c["words_per_image"] * min(n_train, c["words_images"])
-                + c["extract_per_image"] * (2 * n_train + n_val) + _power(c["pipeline"], 2 * n_train)
-                + c.get("predict_per_image", 0.0) * 0 + 1.0)
+                + c["extract_per_image"] * (2 * n_train + n_val) + _power(c["pipeline"], 2 * n_train) + 1.0)
     if recipe.approach == "transfer":
         b = cal.backbones.get(recipe.backbone)
         if not b:
@@ -976,7 +975,7 @@ def cv_cost(r: Recipe, cal: Calibration, n_train: int, folds: int) -> float | No
             return None
         base = (max(cal.decode.values(), default=0.0) * n_train + b["setup"]
                 + b["feature_per_image"] * r.flips * n_train + folds * _linear(b["head"], r.flips * part))
-        return base if r.kwargs.get("mode") != "finetune" else base
+        return base  # fine-tuning's own fit is planned from the budget left (auto_train), not from this
     return None
 
 

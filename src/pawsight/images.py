@@ -235,15 +235,6 @@ def decoded_pixels(data: bytes, min_size: int | None = None) -> int | None:
         return None
 
 
-def read_file(path: Path) -> bytes:
-    """The bytes of a picture file (checked as open_checked does), or an ImageError saying why not."""
-    with open_checked(path) as fh:
-        try:
-            return fh.read()
-        except OSError as exc:
-            raise ImageError(f"cannot read: {exc.strerror or exc}") from None
-
-
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: alpha composited on grey, 16/32-bit scaled (not clipped)."""
     mode = im.mode

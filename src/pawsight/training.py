@@ -768,8 +768,3 @@ class Distributed:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
-
-
-def rank() -> int:
-    """This process's rank under torchrun (0 otherwise): only rank 0 writes run directories."""
-    return int(os.environ.get("RANK", "0"))

@@ -21,7 +21,6 @@ arrays >= 0 over the picture the model saw (its preprocessing), so tests can che
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,13 +239,6 @@ class GradCam:
         return np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
 
 
-def gradcam(model: Any, pixels: np.ndarray, k: int) -> np.ndarray:
-    """Grad-CAM heat (size, size) in [0, 1] for class index k of the uint8 picture `pixels`."""
-    return GradCam(model)(pixels, k)
-
-
-# -- occlusion ---------------------------------------------------------------------------------------------
-
 def occlusion(proba_fn: Any, pixels: np.ndarray, k: int, patch: int | None = None, stride: int | None = None,
               fill: int | None = None, batch: int = 32) -> np.ndarray:
     """Occlusion heat (size, size) >= 0: mean drop of class k's probability when a grey `patch` x `patch`
@@ -318,14 +310,6 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndar
     colours = colormaps["jet"](h)[..., :3] * 255
     weight = alpha * h[..., None]
     return (pixels * (1 - weight) + colours * weight).clip(0, 255).astype(np.uint8)
-
-
-def overlay_png(e: Explanation, size: int = 160) -> bytes:
-    """A small PNG of the picture with its heat map over it (for galleries)."""
-    im = Image.fromarray(overlay(e.image, e.heatmap)).resize((size, size), Image.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
 
 
 def render(e: Explanation) -> bytes:
