@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from pawsight.run import load_model
+
+pytestmark = pytest.mark.slow  # whole trainings in subprocesses: CI runs them, -m "not slow" skips them
 
 
 def test_two_process_torchrun_trains_and_writes_one_run(tiny, tmp_path):

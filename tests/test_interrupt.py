@@ -16,6 +16,8 @@ import pytest
 
 from pawsight.errors import EXIT_INTERRUPTED, EXIT_OK
 
+pytestmark = pytest.mark.slow  # processes killed and resumed: minutes; CI runs them, -m "not slow" skips
+
 
 def _default_sigint() -> None:
     # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec:

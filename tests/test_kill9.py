@@ -30,6 +30,8 @@ from safetensors.numpy import load as st_load
 
 import pawsight
 
+pytestmark = pytest.mark.slow  # processes killed and resumed: minutes; CI runs them, -m "not slow" skips
+
 ROUNDS = int(os.environ.get("PAWSIGHT_KILL9_ROUNDS", "3"))
 SEED = int(os.environ.get("PAWSIGHT_KILL9_SEED", "0"))
 RECIPES = {
