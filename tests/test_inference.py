@@ -137,10 +137,41 @@ def test_a_classical_run_predicts_through_the_same_interface_without_torch(class
         pawsight.load(classical_run, threshold=1.0)
 
 
-def test_evaluate_goes_through_the_predictor(transfer_run, tiny) -> None:
-    result = api.evaluate(transfer_run, tiny)
+def test_evaluate_goes_through_the_predictor(transfer_run, tiny, monkeypatch) -> None:
+    """A spy on the waist: every probability evaluate reports comes from the loaded Predictor's forward pass,
+    and every label from inference.decide (one answer on every surface)."""
+    import pawsight.inference as inference
+
+    seen: dict[str, list] = {"forward": [], "decide": []}
+    real_load, real_decide = inference.load, inference.decide
+
+    def load(*args, **kwargs):
+        predictor = real_load(*args, **kwargs)
+        real_forward = predictor.forward
+
+        def forward(X):
+            out = real_forward(X)
+            seen["forward"].append(out[0])
+            return out
+
+        predictor.forward = forward
+        return predictor
+
+    def decide(*args, **kwargs):
+        answers = real_decide(*args, **kwargs)
+        seen["decide"].append(answers)
+        return answers
+
+    monkeypatch.setattr(inference, "load", load)
+    monkeypatch.setattr(inference, "decide", decide)
+    result = api.evaluate(transfer_run, tiny, save=False)
     assert result["accuracy"] >= 0.85 and result["unknown"] == 0
     assert result["accuracy_answered"] == result["accuracy"]
+    proba = np.concatenate(seen["forward"])
+    assert proba.shape == (result["n_images"], 2)
+    assert np.allclose([p["probabilities"] for p in result["predictions"]], proba)
+    decided = [a for answers in seen["decide"] for a in answers]
+    assert [p["predicted"] for p in result["predictions"]] == decided
 
 
 def test_api_predict_labels_files_and_reports_skips(transfer_run, tiny, tmp_path) -> None:
@@ -191,3 +222,24 @@ def test_an_encoded_png_in_memory_is_accepted(predictor) -> None:
     # a flat orange square is nothing like a cat or a dog: any answer, but a well-formed one
     assert predictor.predict(buf.getvalue())[0] in [*predictor.classes_, UNKNOWN]
     assert predictor.predict_proba(buf.getvalue()).shape == (1, 2)
+
+
+def test_a_fallback_to_pytorch_is_never_silent(scratch_run: Path, monkeypatch, capsys) -> None:
+    """Issue 15: when ONNX Runtime cannot take a model, prediction falls back to eager PyTorch — with one
+    `note:` line saying so (it is slower), never silently; asked for ONNX explicitly, it is an error."""
+    import pawsight.models.deep as deep
+    from pawsight.inference import ModulePredictor
+    from pawsight.run import load_model, read_run_info
+
+    def cannot_export(*args, **kwargs):
+        raise RuntimeError("operator not supported")
+
+    monkeypatch.setattr(deep, "onnx_bytes", cannot_export)
+    model, info = load_model(scratch_run), read_run_info(scratch_run)
+    capsys.readouterr()
+    predictor = ModulePredictor(model, info, None, engine="auto")
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert predictor.engine == "torch"
+    assert len(notes) == 1 and notes[0].startswith("note: ONNX Runtime cannot run this model")
+    with pytest.raises(PawsightError, match="cannot run this model with ONNX Runtime"):
+        ModulePredictor(model, info, None, engine="onnx")

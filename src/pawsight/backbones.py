@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .cachedir import default_cache_dir
-from .errors import PawsightError
+from .errors import PawsightError, note, shown
 from .storage import atomic_write_bytes
 
 # name -> (timm architecture, installed package, native resolution). Mean = std = 0.5 for all Lite models.
@@ -338,6 +338,8 @@ class FeatureExtractor:
                     raise PawsightError(f"cannot run {spec.name} with ONNX Runtime ({type(exc).__name__}: "
                                         f"{exc}); use the torch engine") from None
                 self.engine = "torch"
+                note(f"ONNX Runtime cannot run {spec.name} ({type(exc).__name__}: {shown(exc)[:160]}); "
+                     "computing its features with PyTorch, which is slower")
         elif engine != "torch":
             raise PawsightError(f"unknown engine {engine!r}; use auto, onnx or torch")
         if self.engine == "torch":

@@ -26,3 +26,25 @@ def shown(text: object) -> str:
     forge a line of output."""
     s = str(text)
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+
+
+def damaged_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged, truncated or tampered model/checkpoint file raises (parsers, array readers,
+    safetensors, a state dict of the wrong shapes): turned into one sentence. Anything else — AttributeError,
+    NameError, ... — is a bug in pawsight and must reach the bug path (exit 3 with a log), not read as "your
+    file is damaged"."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError, IndexError,
+                                               RuntimeError, EOFError, UnicodeError, OverflowError)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # safetensors is a base dependency; only a broken install lacks it
+        return errors
+    return (*errors, SafetensorError)
+
+
+def note(message: str) -> None:
+    """One `note:` line on stderr: what pawsight decided on its own (a fallback, a changed setting), so a
+    silent change of behaviour is never silent."""
+    import sys
+
+    print(f"note: {message}", file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PawsightError
+from .errors import PawsightError, note, shown
 from .images import ImageError, Preprocessing, open_rgb, to_rgb
 from .onnx_check import METADATA_KEY as ONNX_METADATA_KEY  # noqa: F401 - export writes it under this key
 from .onnx_check import check_graph
@@ -222,6 +222,8 @@ class ModulePredictor(Predictor):
                     raise PawsightError(f"cannot run this model with ONNX Runtime ({type(exc).__name__}: "
                                         f"{exc}); use the torch engine") from None
                 self.engine = "torch"
+                note(f"ONNX Runtime cannot run this model ({type(exc).__name__}: {shown(exc)[:160]}); "
+                     "predicting with PyTorch, which is slower")
 
     def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.runner is not None:

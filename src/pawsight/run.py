@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import PawsightError, shown
+from .errors import PawsightError, damaged_file_errors, shown
 from .storage import HTML_MARKER, ONNX_MARKER, PNG_MARKER, atomic_write_json
 
 RUN_FORMAT = 1
@@ -251,7 +251,7 @@ def load_model(run_dir: str | Path):  # -> ImageClassifier (import cycle kept la
         raise
     except FileNotFoundError as exc:
         raise PawsightError(f"{run_dir} is incomplete: {Path(exc.filename or '?').name} is missing") from None
-    except Exception as exc:  # noqa: BLE001 - damaged or tampered files must read as one sentence
+    except damaged_file_errors() as exc:  # damaged or tampered files read as one sentence; bugs stay bugs
         raise PawsightError(f"cannot load the model in {run_dir}: {type(exc).__name__}: {exc}") from None
     _check_weights(Path(run_dir), info)  # after loading: model.json's own checks name a damaged file first
     if list(model.classes_) != list(info["classes"]):

@@ -74,7 +74,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .errors import PawsightError, shown
+from .errors import PawsightError, damaged_file_errors, shown
 from .normalize import flip_average, pixels_to_float
 from .normalize import normalize as normalize_pixels
 from .progress import bar
@@ -678,7 +678,7 @@ def load_checkpoint(ckpt: Path, net: nn.Module, opt: torch.optim.Optimizer, ema:
         best = st_load(best_file.read_bytes()) if best_file.is_file() else None
     except PawsightError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint must read as one sentence
+    except damaged_file_errors() as exc:  # a damaged checkpoint reads as one sentence; bugs stay bugs
         raise PawsightError(f"the checkpoint in {where} is damaged ({type(exc).__name__}: {exc}); "
                             "train again with --overwrite") from None
     return meta["state"], best

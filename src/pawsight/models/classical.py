@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 
-from ..errors import PawsightError
+from ..errors import PawsightError, damaged_file_errors
 from ..features import Extractor, create_feature, extract, parse_features
 from ..images import Preprocessing
 from ..progress import bar
@@ -325,7 +325,7 @@ class ClassicalClassifier(ImageClassifier):
             model._verify()
         except PawsightError as exc:
             raise PawsightError(f"the classical model in {directory} cannot be used: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - a tampered file must read as one sentence, whatever broke
+        except damaged_file_errors() as exc:  # a tampered file reads as one sentence; bugs stay bugs
             raise PawsightError(f"the classical model in {directory} is damaged or incompatible: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                                 ) from None
