@@ -146,7 +146,7 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
             staging = run_dir.with_name(f".new-{run_dir.name}")  # an earlier compare's run stays until
             t = time.perf_counter()                                # this one has succeeded
             try:
-                model, info = api.train(data, approach, staging, seed=seed, per_class=size,
+                _, info = api.train(data, approach, staging, seed=seed, per_class=size,
                                         overwrite=True, **params)
                 install_run(staging, run_dir)
             except PawsightError as exc:  # e.g. too few textured pictures for visual words: go on
@@ -162,7 +162,7 @@ def compare(data: PathLike, approaches: list[str] | tuple[str, ...] = FAST,
             # the model's own files; RUN/model.onnx is the same model again, for PyTorch-free serving
             row.model_bytes = sum(p.stat().st_size for p in run_dir.glob("model.*")
                                   if p.is_file() and p.suffix != ".onnx")
-            row.images_per_second = prediction_speed(model, data, seed, speed_cache, variant=len(rows))
+            row.images_per_second = prediction_speed(run_dir, data, seed, speed_cache, variant=len(rows))
             acc = "n/a" if row.accuracy is None else f"{row.accuracy:.1%}"
             say(f"{approach} at {row.size_label} per class ({row.n_train} pictures): {acc} "
                 f"in {row.train_seconds:.1f} s")
@@ -233,24 +233,30 @@ def _cache_root(path: Path) -> Iterator[None]:
             os.environ["PAWSIGHT_CACHE"] = old
 
 
-def prediction_speed(model: Any, data: PathLike, seed: int, scratch_cache: Path, variant: int = 0
+def prediction_speed(run_dir: Path, data: PathLike, seed: int, scratch_cache: Path, variant: int = 0
                      ) -> float | None:
-    """Pictures per second of `model.predict_proba` on decoded validation pictures whose features are not
-    cached (feature caches pointed at `scratch_cache`, pixels changed in the lowest bit per `variant` so no
-    earlier row matches): what predicting new pictures costs, decoding excluded."""
+    """Pictures per second of the run's predictor — `inference.load(RUN)`, the path `pawsight predict` and
+    `serve` take (a deep run's saved ONNX graph, a classical run's features + pipeline) — on decoded
+    validation pictures whose features are not cached (feature caches pointed at `scratch_cache`, pixels
+    changed in the lowest bit per `variant` so no earlier row matches): what predicting new pictures costs,
+    decoding excluded."""
     from .cache import ImageCache
     from .data import scan
+    from .inference import load
 
+    with _cache_root(scratch_cache):
+        predictor = load(run_dir)
     ds = scan(data, seed=seed)
     samples = ds.split("validation") or ds.split("train")
-    decoded = ImageCache().load_samples(samples[: SPEED_IMAGES + 4], model.preprocessing, desc="decoding")
+    decoded = ImageCache().load_samples(samples[: SPEED_IMAGES + 4], predictor.preprocessing,
+                                        desc="decoding")
     X = decoded.images ^ np.uint8(variant % 7 + 1)
     if len(X) < 5:
         return None
     with _cache_root(scratch_cache):
-        model.predict_proba(X[:4])  # warm-up: sessions, ONNX export (once per backbone)
+        predictor.forward(X[:4])  # warm-up: sessions (once per run)
         t = time.perf_counter()
-        model.predict_proba(X[4:])
+        predictor.forward(X[4:])
         seconds = time.perf_counter() - t
     return round((len(X) - 4) / max(seconds, 1e-9), 1)
 
