@@ -2,7 +2,7 @@
 
     ./run.sh bench               every benchmark
     ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report, choose, predict,
-                                 neither
+                                 neither, dedup
 Extra arguments after the name are passed to that benchmark (see each bench_*.py's --help).
 """
 
@@ -12,7 +12,8 @@ import importlib
 import sys
 from pathlib import Path
 
-NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose", "predict", "neither"]
+NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose", "predict", "neither",
+         "dedup"]
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import pawsight
@@ -16,19 +18,98 @@ from pawsight.data import scan
 from pawsight.dedup import drop_duplicates, find_duplicates, find_groups, near_pairs
 
 
-def test_near_pairs_matches_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 2**63, size=40, dtype=np.uint64)
-    # a few planted near copies: flip 1-3 bits
-    near = [(int(base[i]) ^ (1 << int(b))) for i, b in [(0, 5), (7, 60), (12, 1)]]
-    near.append(int(base[3]) ^ 0b111)
-    hashes = [int(h) for h in base] + near
-    monkeypatch.setattr(dedup, "_CHUNK", 7)  # several chunks, pairs crossing chunk borders
-    got = set(near_pairs(hashes, threshold=4))
-    want = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
-            if bin(hashes[i] ^ hashes[j]).count("1") <= 4}
-    assert got == want
-    assert {(0, 40), (7, 41), (12, 42), (3, 43)} <= got
+def all_pairs(hashes: list[int], threshold: int) -> list[tuple[int, int]]:
+    """The reference: every pair compared (quadratic; what near_pairs did before multi-index hashing)."""
+    h = np.asarray(hashes, dtype=np.uint64)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(h), 1024):
+        dist = np.bitwise_count(h[start:start + 1024, None] ^ h[None, :])
+        rows, cols = np.nonzero(dist <= threshold)
+        keep = cols > rows + start
+        pairs.extend(zip((rows[keep] + start).tolist(), cols[keep].tolist(), strict=True))
+    return sorted(pairs)
+
+
+def chunk_edges(threshold: int) -> list[int]:
+    """Bit positions on both sides of every border between the threshold + 1 chunks of 64 bits."""
+    sizes = [len(c) for c in np.array_split(np.arange(64), threshold + 1)]
+    borders = np.cumsum(sizes)[:-1]
+    return sorted({int(b) for border in borders for b in (border - 1, border)} | {0, 63})
+
+
+def planted(n: int, threshold: int, seed: int) -> list[int]:
+    """`n` random hashes plus near copies at every distance 0..threshold+1: flipped bits on chunk borders
+    (one flip in each of several chunks, the case a wrong chunking misses) and at random places."""
+    rng = np.random.default_rng(seed)
+    hashes = [int(x) for x in rng.integers(0, 2**64, size=n, dtype=np.uint64)]
+    edges = chunk_edges(threshold)
+    for d in range(threshold + 2):
+        for k in range(20):
+            base = hashes[int(rng.integers(len(hashes)))]
+            pool = edges if k % 2 == 0 and d <= len(edges) else list(range(64))
+            bits = rng.choice(pool, size=d, replace=False)
+            hashes.append(base ^ sum(1 << int(b) for b in bits))
+    return [hashes[i] for i in rng.permutation(len(hashes))]
+
+
+@pytest.mark.parametrize("threshold", range(7))
+def test_near_pairs_equal_all_pairs_with_planted_copies(threshold: int) -> None:
+    hashes = planted(3000, threshold, seed=threshold)
+    want = all_pairs(hashes, threshold)
+    assert near_pairs(hashes, threshold) == want
+    assert len(want) >= 20 * (threshold + 1)  # the planted copies are there (random hashes rarely meet)
+
+
+def test_near_pairs_on_20k_hashes_at_the_default_threshold() -> None:
+    hashes = planted(20_000, dedup.NEAR_THRESHOLD, seed=42)
+    assert near_pairs(hashes) == all_pairs(hashes, dedup.NEAR_THRESHOLD)
+
+
+def test_near_pairs_splits_runs_sharing_a_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many hashes sharing most of their bits (blank pictures): big runs are split again on the other bits,
+    and fewer varying bits than chunks means every pair; the same answer either way."""
+    monkeypatch.setattr(dedup, "_BIG_RUN", 8)
+    rng = np.random.default_rng(3)
+    common = int(rng.integers(0, 2**64, dtype=np.uint64)) & ~0xFFF
+    low = rng.integers(0, 2**12, size=1500)
+    hashes = [common ^ int(x) for x in low] + planted(300, 4, seed=5)
+    for threshold in (1, 2, 4, 6):
+        assert near_pairs(hashes, threshold) == all_pairs(hashes, threshold), threshold
+    few_bits = [common ^ int(x) for x in low[:300]]  # 12 varying bits, fewer than 14 chunks: all pairs
+    assert near_pairs(few_bits, 13) == all_pairs(few_bits, 13)
+
+
+def test_near_pairs_edge_cases() -> None:
+    assert near_pairs([], 4) == [] and near_pairs([5], 4) == []
+    assert near_pairs([1, 1, 3], -1) == []
+    assert near_pairs([0, 2**64 - 1, 7], 64) == [(0, 1), (0, 2), (1, 2)]
+    assert near_pairs([7, 7, 6, 7], 0) == [(0, 1), (0, 3), (1, 3)]
+    assert near_pairs([0, 2**64 - 1], 63) == []
+
+
+@given(st.lists(st.sampled_from([0, 1, 2**63, 2**13 - 1, 2**13, 2**26 + 2**25, 2**64 - 1])
+                | st.integers(0, 2**64 - 1), max_size=60),
+       st.integers(0, 8), st.lists(st.integers(0, 63), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_near_pairs_property(hashes: list[int], threshold: int, flips: list[int]) -> None:
+    """Any hashes, any threshold, with near copies of the first made by flipping the given bits."""
+    if hashes:
+        hashes = hashes + [hashes[0] ^ sum(1 << b for b in set(flips[:k])) for k in range(len(flips) + 1)]
+    assert near_pairs(hashes, threshold) == all_pairs(hashes, threshold)
+
+
+@pytest.mark.timeout(60)
+def test_many_identical_hashes_stay_cheap() -> None:
+    """k copies of one hash are k(k-1)/2 pairs in near_pairs' answer, but find_groups unions distinct hashes
+    only (the all-pairs version took minutes here: 20,000 copies are 200M pairs)."""
+    rng = np.random.default_rng(1)
+    same = 0x0123_4567_89AB_CDEF
+    others = [int(x) for x in rng.integers(0, 2**64, size=5000, dtype=np.uint64)]
+    pairs = near_pairs([same] * 2000 + [same ^ 0b1001] + others)
+    assert len(pairs) == 2001 * 2000 // 2 and pairs[:2] == [(0, 1), (0, 2)] and pairs[-1] == (1999, 2000)
+    hashes = [same] * 20_000 + [same ^ 0b1001] + others
+    groups = find_groups([f"file{i}" for i in range(len(hashes))], hashes)
+    assert [(len(g.members), g.kind, g.distance) for g in groups] == [(20_001, "near", 2)]
 
 
 def test_find_groups_exact_near_transitive_and_far() -> None:

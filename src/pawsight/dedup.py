@@ -27,7 +27,9 @@ from .images import Preprocessing
 # Largest Hamming distance between two 64-bit pHashes still called "the same photo". Re-encoded and resized
 # copies land at 0-2; unrelated photos average ~32. 4 keeps false matches rare on tens of thousands of photos.
 NEAR_THRESHOLD = 4
-_CHUNK = 2048  # rows of the pairwise distance matrix computed at once (bounded memory for 25k images)
+_ALL_BITS = (1 << 64) - 1
+_BIG_RUN = 4096  # hashes sharing one chunk beyond which that run is split again (it costs its size squared)
+_MAX_DEPTH = 1  # re-splits of a run: each costs up to threshold + 1 times the run again (measured: 1 is best)
 
 
 @dataclass
@@ -47,16 +49,124 @@ def parse_phash(text: str | None) -> int | None:
 
 
 def near_pairs(phashes: Sequence[int], threshold: int = NEAR_THRESHOLD) -> list[tuple[int, int]]:
-    """All pairs (i < j) whose hashes differ in at most `threshold` bits; vectorised, in row chunks."""
+    """All pairs (i < j, sorted) whose 64-bit hashes differ in at most `threshold` bits.
+
+    Near-linear (multi-index hashing, see `_distinct_pairs`) instead of comparing every pair: 1M hashes take
+    seconds, not hours. Copies of one hash are grouped first, so k identical hashes cost their k(k-1)/2 output
+    pairs and nothing more."""
     h = np.asarray(phashes, dtype=np.uint64)
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, len(h), _CHUNK):
-        block = h[start:start + _CHUNK]
-        dist = np.bitwise_count(block[:, None] ^ h[None, :])
-        rows, cols = np.nonzero(dist <= threshold)
-        keep = cols > rows + start
-        pairs.extend(zip((rows[keep] + start).tolist(), cols[keep].tolist(), strict=True))
-    return pairs
+    n = len(h)
+    if threshold < 0 or n < 2:
+        return []
+    if threshold >= 64:  # every pair of 64-bit hashes is within 64 bits
+        i, j = np.triu_indices(n, 1)
+        return list(zip(i.tolist(), j.tolist(), strict=True))
+    values, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
+    members = np.argsort(inverse, kind="stable")  # original indices grouped by value, ascending inside
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    parts_i, parts_j = [], []
+    # pairs of identical hashes: (p, p + d) inside each run of `members`
+    left = counts[inverse[members]] - (np.arange(n) - starts[inverse[members]]) - 1  # later copies in the run
+    active = np.flatnonzero(left >= 1)
+    d = 1
+    while len(active):
+        parts_i.append(members[active])
+        parts_j.append(members[active + d])
+        d += 1
+        active = active[left[active] >= d]
+    # pairs of distinct hashes: every member of one value with every member of the other
+    a, b = _distinct_pairs(values, threshold)
+    if len(a):
+        ca, cb = counts[a], counts[b]
+        reps = ca * cb
+        pair = np.repeat(np.arange(len(a)), reps)
+        offset = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        parts_i.append(members[starts[a][pair] + offset // cb[pair]])
+        parts_j.append(members[starts[b][pair] + offset % cb[pair]])
+    if not parts_i:
+        return []
+    i, j = np.concatenate(parts_i), np.concatenate(parts_j)
+    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    key = np.sort(lo * n + hi)
+    return list(zip((key // n).tolist(), (key % n).tolist(), strict=True))
+
+
+def _chunk_masks(free: int, parts: int) -> list[int] | None:
+    """`free`'s set bits cut into `parts` masks of consecutive bits (sizes differ by at most one); None when
+    there are fewer bits than parts."""
+    bits = [b for b in range(64) if free >> b & 1]
+    if len(bits) < parts:
+        return None
+    return [sum(1 << int(b) for b in group) for group in np.array_split(np.asarray(bits), parts)]
+
+
+def _distinct_pairs(values: np.ndarray, threshold: int, free: int = _ALL_BITS,
+                    depth: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (a, b) into `values` (distinct uint64) within `threshold` bits, each pair once.
+
+    Multi-index hashing (pigeonhole): two hashes differing in at most t bits agree entirely on at least one of
+    any t+1 disjoint chunks of their bits. For each chunk, sort by the chunk's bits; only hashes in one run of
+    equal chunks are candidates, checked with the exact popcount. A pair equal on several chunks is kept only
+    for the first of them (its earlier chunks all differ), so no set of found pairs is ever deduplicated.
+    Runs are walked as diagonals (position p against p + d, for d = 1, 2, ...) over the positions whose run is
+    still long enough: the work is the number of candidates, memory O(len(values)).
+
+    Skewed hashes (blank pictures, say): only the bits that vary are chunked (`free`, minus bits equal in
+    all `values`), and a run larger than `_BIG_RUN`, which would cost its size squared, is split again the
+    same way on its other bits (it agrees on this chunk, so any difference is there), at most `_MAX_DEPTH`
+    times; deeper, its candidates are walked as they are (quadratic in that run, memory still bounded).
+    """
+    n = len(values)
+    none = np.empty(0, np.int64)
+    if n < 2:
+        return none, none
+    free &= int(np.bitwise_or.reduce(values ^ values[0]))  # a bit equal in all values never differs
+    masks = _chunk_masks(free, threshold + 1)
+    if masks is None:  # at most `threshold` bits vary: every pair is within the threshold
+        a, b = np.triu_indices(n, 1)
+        return a.astype(np.int64), b.astype(np.int64)
+    big = _BIG_RUN if depth < _MAX_DEPTH else n
+    masks_u = [np.uint64(m) for m in masks]
+    zero = np.uint64(0)
+    out_a, out_b = [], []
+
+    def first_chunk(x: np.ndarray, c: int) -> np.ndarray:
+        """Positions in `x` (xors of candidate pairs) within the threshold whose first equal chunk is `c`."""
+        idx = np.flatnonzero(np.bitwise_count(x) <= threshold)  # few survive: check their chunks only
+        if c and len(idx):
+            xs = x[idx]
+            keep = np.ones(len(idx), dtype=bool)
+            for earlier in masks_u[:c]:
+                keep &= (xs & earlier) != zero
+            idx = idx[keep]
+        return idx
+
+    for c, mask in enumerate(masks_u):
+        key = values & mask
+        order = np.argsort(key, kind="stable")
+        sorted_key, sorted_values = key[order], values[order]
+        run_start = np.flatnonzero(np.concatenate(([True], sorted_key[1:] != sorted_key[:-1])))
+        run_size = np.diff(np.concatenate((run_start, [n])))
+        for s, k in zip(run_start[run_size > big].tolist(), run_size[run_size > big].tolist(), strict=True):
+            sub = order[s:s + k]
+            a, b = _distinct_pairs(values[sub], threshold, free & ~masks[c], depth + 1)
+            ok = first_chunk(values[sub[a]] ^ values[sub[b]], c)
+            out_a.append(sub[a[ok]])
+            out_b.append(sub[b[ok]])
+        size = np.repeat(np.where(run_size > big, 0, run_size), run_size)
+        left = np.repeat(run_start + run_size, run_size) - np.arange(n) - 1  # later positions in the run
+        left[size == 0] = 0
+        active = np.flatnonzero(left >= 1)
+        d = 1
+        while len(active):
+            found = active[first_chunk(sorted_values[active] ^ sorted_values[active + d], c)]
+            out_a.append(order[found])
+            out_b.append(order[found + d])
+            d += 1
+            active = active[left[active] >= d]
+    if not out_a:
+        return none, none
+    return np.concatenate(out_a).astype(np.int64), np.concatenate(out_b).astype(np.int64)
 
 
 def find_groups(content_hashes: Sequence[str], phashes: Sequence[int | None],
@@ -79,10 +189,16 @@ def find_groups(content_hashes: Sequence[str], phashes: Sequence[int | None],
     first: dict[str, int] = {}
     for i, h in enumerate(content_hashes):
         union(i, first.setdefault(h, i))
-    known = [i for i, p in enumerate(phashes) if p is not None]
+    known = np.asarray([i for i, p in enumerate(phashes) if p is not None], dtype=np.int64)
     if threshold >= 0 and len(known) > 1:
-        for a, b in near_pairs([phashes[i] for i in known], threshold):  # type: ignore[misc]
-            union(known[a], known[b])
+        # distinct pHashes only: k pictures with one pHash are k-1 unions, not k(k-1)/2 pairs
+        values, first, inverse = np.unique(np.asarray([phashes[i] for i in known], dtype=np.uint64),
+                                           return_index=True, return_inverse=True)
+        for i, v in zip(known.tolist(), known[first[inverse]].tolist(), strict=True):
+            union(i, v)
+        a, b = _distinct_pairs(values, threshold)
+        for i, j in zip(known[first[a]].tolist(), known[first[b]].tolist(), strict=True):
+            union(i, j)
 
     members: dict[int, list[int]] = {}
     for i in range(n):
@@ -92,10 +208,16 @@ def find_groups(content_hashes: Sequence[str], phashes: Sequence[int | None],
         if len(idx) < 2:
             continue
         exact = len({content_hashes[i] for i in idx}) == 1
-        ph = [phashes[i] for i in idx if phashes[i] is not None]
-        distance = 0 if exact else max((bin(a ^ b).count("1") for a in ph for b in ph), default=0)
+        distance = 0 if exact else _max_distance([p for i in idx if (p := phashes[i]) is not None])
         groups.append(DuplicateGroup(idx, "exact" if exact else "near", distance))
     return groups
+
+
+def _max_distance(phashes: Sequence[int]) -> int:
+    """Largest Hamming distance among `phashes` (distinct values, in blocks: a big group stays bounded)."""
+    u = np.unique(np.asarray(phashes, dtype=np.uint64))
+    blocks = (np.bitwise_count(u[s:s + 1024, None] ^ u[None, :]).max() for s in range(0, len(u), 1024))
+    return int(max(blocks, default=0))
 
 
 @dataclass
