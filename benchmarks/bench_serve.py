@@ -197,19 +197,7 @@ async def load_test(url: str, payloads: list[tuple[str, bytes]], requests: int, 
     next_index = 0
 
     async def post(conn: list, request: bytes) -> bool:
-        if not conn:
-            conn.extend(await asyncio.open_connection("127.0.0.1", port))
-        reader, writer = conn
-        writer.write(request)
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("connection", "").lower() == "close":
-            writer.close()
-            conn.clear()
+        status, body = await exchange(conn, port, request)
         answer = json.loads(body)
         return status == 200 and "label" in answer.get("predictions", [answer])[0]
 
@@ -317,6 +305,24 @@ def hostile_run() -> Path:
     return run
 
 
+async def exchange(conn: list, port: int, request: bytes) -> tuple[int, bytes]:
+    """One request on a keep-alive connection to 127.0.0.1:`port` (`conn` holds [reader, writer], opened on
+    first use and emptied when the server closes it): (status, body), the body read by Content-Length."""
+    if not conn:
+        conn.extend(await asyncio.open_connection("127.0.0.1", port))
+    reader, writer = conn
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    if headers.get("connection", "").lower() == "close":
+        writer.close()
+        conn.clear()
+    return int(lines[0].split()[1]), body
+
+
 async def timed_clients(port: int, payloads: list[tuple[str, bytes]], clients: int, seconds: float,
                         max_requests: int = 100_000) -> dict[str, Any]:
     """`clients` keep-alive connections sending `payloads` in turn until `seconds` pass (or max_requests):
@@ -329,19 +335,7 @@ async def timed_clients(port: int, payloads: list[tuple[str, bytes]], clients: i
     end = time.monotonic() + seconds
 
     async def post(conn: list, request: bytes) -> int:
-        if not conn:
-            conn.extend(await asyncio.open_connection("127.0.0.1", port))
-        reader, writer = conn
-        writer.write(request)
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-        await reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("connection", "").lower() == "close":
-            writer.close()
-            conn.clear()
-        return int(lines[0].split()[1])
+        return (await exchange(conn, port, request))[0]
 
     async def worker() -> None:
         nonlocal failures, sent
