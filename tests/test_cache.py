@@ -402,6 +402,7 @@ def test_interrupted_load_keeps_its_finished_chunks_and_leaves_no_unindexed_rows
     paths = sorted(p for p in tiny.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     assert len(paths) > 60
     monkeypatch.setattr(cache_module, "APPEND_ROWS", 16)
+    monkeypatch.setattr(cache_module, "TABLES_SECONDS", 0.0)  # tables with every chunk: decoding is reused
     real, calls = cache_module.decode_file, []
 
     def interrupted(*args, **kwargs):
@@ -462,3 +463,23 @@ def test_cache_clear_deletes_only_in_a_marked_cache_folder(tmp_path: Path, monke
     assert main(["cache", "clear"]) == 0
     assert "freed" in capsys.readouterr().out
     assert not (legacy / "features").exists() and (legacy / ".pawsight-folder").is_file()
+
+
+def test_index_log_is_linear_folded_at_the_end_and_a_torn_line_is_never_read(tmp_path: Path, zoo) -> None:
+    """Chunks append their index lines (index.log) instead of rewriting index.json each time; the end of a
+    load folds the log into index.json. A killed writer's torn last line ("abc 1" of "abc 12") must never
+    map a picture to the wrong row: only whole lines count, and the next writer cuts the fragment off."""
+    root, valid, _ = zoo
+    paths = [root / v for v in valid]
+    cache = ImageCache(tmp_path / "cache")
+    cache.load(paths[:3], PREP)
+    pool_dir = pool_file(cache).parent
+    assert not (pool_dir / "index.log").exists() and (pool_dir / "index.json").is_file()
+
+    (pool_dir / "index.log").write_text("torn 0")  # no newline: a kill in the middle of a line
+    assert "torn" not in cache._valid_index(pool_dir, PREP)
+    again = cache.load(paths, PREP)
+    for p, pixels in zip(again.paths, again.images, strict=True):
+        assert np.array_equal(pixels, expected(p))
+    assert not (pool_dir / "index.log").exists()
+    assert "torn" not in json.loads((pool_dir / "index.json").read_text())
