@@ -36,7 +36,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import PawsightError, damaged_file_errors, shown
-from .storage import HTML_MARKER, ONNX_MARKER, PNG_MARKER, atomic_write_json
+from .storage import HTML_MARKER, ONNX_MARKER, PNG_MARKER, atomic_write_json, inside
 
 RUN_FORMAT = 1
 
@@ -427,12 +427,9 @@ def _listing(names: list[str], limit: int = 3) -> str:
 def check_out_vs_data(out: Path, data: Path) -> None:
     """Refuse a run directory equal to, inside, or containing the data folder (symlinks resolved): it would
     become a class folder on the next run, or --overwrite would remove pictures."""
-    o, d = Path(os.path.realpath(out)), Path(os.path.realpath(data))
-    if o == d:
-        where = "is the data folder"
-    elif d in o.parents:
-        where = "is inside the data folder"
-    elif o in d.parents:
+    if inside(out, data):  # storage's rule for every output, plus: a run folder may not hold the data
+        where = "is the data folder" if inside(data, out) else "is inside the data folder"
+    elif inside(data, out):
         where = "contains the data folder"
     else:
         return
