@@ -84,9 +84,23 @@ def test_predict_returns_class_names_and_records(predictor, tiny) -> None:
     cats, dogs = pictures(tiny, "cats", 3), pictures(tiny, "dogs", 3)
     assert predictor.predict(cats + dogs) == ["cats"] * 3 + ["dogs"] * 3
     records = predictor.predict_records(cats[:1])
-    assert set(records[0]) == {"label", "probability", "probabilities", "unknown_score"}
-    assert records[0]["label"] == "cats" and set(records[0]["probabilities"]) == {"cats", "dogs"}
+    assert set(records[0]) == {"label", "closest", "probability", "probabilities", "unknown_score",
+                               "unknown_threshold", "summary"}
+    assert records[0]["label"] == records[0]["closest"] == "cats"
+    assert set(records[0]["probabilities"]) == {"cats", "dogs"}
     assert records[0]["probability"] == max(records[0]["probabilities"].values())
+    assert records[0]["unknown_threshold"] == predictor.threshold
+    assert records[0]["summary"] == f"cats {records[0]['probability']:.1%}"
+
+
+def test_an_unknown_answer_names_the_closest_class_and_why() -> None:
+    from pawsight.inference import answer_record
+
+    record = answer_record("unknown", [0.058, 0.942], ["cats", "dogs"], 1.18, 1.0)
+    assert record["closest"] == "dogs" and record["probability"] == 0.942
+    assert record["summary"] == "unknown: closest dogs 94.2%, neither score 1.18 > threshold 1.00"
+    nan = answer_record("unknown", [0.3, 0.7], ["cats", "dogs"], float("nan"), 1.0)
+    assert nan["summary"] == "unknown: closest dogs 70.0%, its neither score could not be computed"
 
 
 def test_predictor_matches_the_training_estimator_and_the_eager_module(predictor, transfer_run, tiny) -> None:

@@ -161,7 +161,7 @@ def _explain_over_user_photo(t: Path, tiny: Path, runs: dict[str, Path]):
 
 
 def _explain_default_name_in_cwd(t: Path, tiny: Path, runs: dict[str, Path]):
-    u = user_files(t / "u", tiny, "photo.jpg.occlusion.png")
+    u = user_files(t / "u", tiny, "photo.jpg.classical.occlusion.png")
     return ["explain", str(runs["classical"]), "photo.jpg", "--method", "occlusion"], u, {}, u
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import browser_page
 from pawsight import api, cli
 from pawsight.errors import PawsightError
 from pawsight.report import plots
@@ -21,9 +21,6 @@ from pawsight.report.html import SECTIONS, build_report
 from pawsight.run import load_model
 
 XSS = "<img src=x onerror=alert(1)>"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def is_png(data: bytes) -> bool:
@@ -247,20 +244,6 @@ def test_plot_explain_commands(classical_run: tuple[Path, dict], tiny: Path, tmp
 
 # -- the HTML report in a real browser ----------------------------------------------------------------------
 
-def chromium():
-    """Playwright driving the system Chromium; in CI a missing browser is a failure, elsewhere a skip."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if sync_playwright is None or not CHROMIUM.exists():
-        reason = "playwright is not installed" if sync_playwright is None else f"no {CHROMIUM}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser test cannot run in CI: {reason}")
-        pytest.skip(reason)
-    return sync_playwright
-
-
 @pytest.fixture(scope="module")
 def hostile_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run, holdout): the tiny set with the dogs folder renamed to an HTML tag; the holdout folder is a copy
@@ -280,7 +263,6 @@ def hostile_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 def test_report_renders_in_chromium_with_names_escaped(hostile_run: tuple[Path, Path], tmp_path: Path
                                                         ) -> None:
-    sync_playwright = chromium()
     run, holdout = hostile_run
     out = tmp_path / "report.html"
     path, seconds = build_report(run, holdout, out=out, top_k=4)
@@ -290,32 +272,19 @@ def test_report_renders_in_chromium_with_names_escaped(hostile_run: tuple[Path, 
     # self-contained: no script, nothing fetched
     assert "<script" not in text.lower() and "http://" not in text and "https://" not in text
     assert seconds["total"] > 0
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            dialogs: list[str] = []
-            requests: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(path.resolve().as_uri())
-            page.wait_for_load_state("load")
-            for section in SECTIONS:
-                assert page.locator(f"section#{section}").count() == 1, section
-                assert page.locator(f"section#{section} h2").is_visible()
-            # every embedded picture decoded (a broken data URI would have naturalWidth 0)
-            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-            assert widths and min(widths) > 0
-            assert page.locator("img[src='x']").count() == 0
-            assert page.get_by_text(XSS, exact=False).first.is_visible()
-            assert page.locator("section#top-losses figure").count() == 4
-            assert errors == [] and dialogs == []
-            assert all(u.startswith(("file:", "data:")) for u in requests), requests
-        finally:
-            browser.close()
+    with browser_page(allow=("file:",)) as page:
+        page.goto(path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        for section in SECTIONS:
+            assert page.locator(f"section#{section}").count() == 1, section
+            assert page.locator(f"section#{section} h2").is_visible()
+        # every embedded picture decoded (a broken data URI would have naturalWidth 0)
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert widths and min(widths) > 0
+        assert page.locator("img[src='x']").count() == 0
+        assert page.get_by_text(XSS, exact=False).first.is_visible()
+        assert page.locator("section#top-losses figure").count() == 4
+        assert page.problems == []  # no console error, no dialog, nothing fetched but the file itself
 
 
 def html_escaped(text: str) -> str:

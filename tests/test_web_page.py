@@ -8,35 +8,18 @@ nothing from anywhere but this server and logs no console errors.
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
+from browser import browser_page
 from pawsight.serve.app import background_server, create_app
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 OTHER = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "not_cats_or_dogs" / "objects" / \
     "n03196217_digital_clock.jpg"
 
 pytestmark = pytest.mark.slow
-
-
-def chromium_or_skip() -> str:
-    """The system chromium; missing, the test fails in CI (CI=true) and is skipped elsewhere."""
-    path = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
-    if path and importlib.util.find_spec("playwright"):
-        return path
-    reason = "no chromium at /usr/bin/chromium (apt-get install chromium) or no playwright (pip install " \
-             "'pawsight[dev]'): the browser test needs both"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -47,28 +30,8 @@ def site(transfer_run: Path):
 
 @pytest.fixture()
 def page(site: str):
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
-        page = browser.new_page()
-        page.problems = []  # console errors, uncaught exceptions, requests to anywhere else
-        page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}")
-                if m.type == "error" else None)
-        page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
-
-        def only_this_server(route, request) -> None:
-            if request.url.startswith(site) or request.url.startswith(("data:", "blob:")):
-                route.continue_()
-            else:
-                page.problems.append(f"request to {request.url}")
-                route.abort()
-
-        page.route("**/*", only_this_server)
-        page.goto(site + "/")
+    with browser_page(site) as page:
         yield page
-        browser.close()
 
 
 def shown_bars(page) -> dict[str, float]:

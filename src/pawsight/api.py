@@ -21,7 +21,6 @@ import numpy as np
 from .cache import ImageCache
 from .data import DataSet, Skip, counts_of, per_class_subset, scan
 from .errors import PawsightError, shown
-from .evaluation import classification_metrics, picture_predictions
 from .options import check_param
 from .run import (
     check_out_vs_data,
@@ -34,7 +33,7 @@ from .run import (
     write_manifest,
     write_run_info,
 )
-from .scoring import answered, evaluate
+from .scoring import evaluate
 
 PathLike = str | os.PathLike[str]
 __all__ = ["evaluate", "load", "predict", "train"]  # evaluate lives in scoring.py (the waist), shown here
@@ -186,38 +185,34 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     if not main:
         return model, {}
 
-    metrics: dict[str, Any] = {}
-    validation: dict[str, Any] | None = None
-    if len(va.labels):
-        from .inference import decide
-
-        t = time.perf_counter()
-        # deep models give their neither scores too, so the saved answers are decide()'s, as in evaluate
-        scores = getattr(model, "predict_scores", None)
-        proba, score = scores(va.images) if scores else (model.predict_proba(va.images), None)
-        threshold = model.neither_.threshold if score is not None else None
-        timings["evaluate"] = time.perf_counter() - t
-        metrics["validation"] = classification_metrics(va.labels, proba, ds.classes)
-        answers = decide(proba, ds.classes, score, threshold)
-        validation = {**metrics["validation"], "split": "validation", "data": str(Path(data)),
-                      "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped],
-                      **answered(answers, [ds.classes[i] for i in va.labels]), "threshold": threshold,
-                      "predictions": picture_predictions(va.paths, va.labels, proba, ds.classes, answers)}
-    metrics["train_size"] = len(tr.labels)
-
     t = time.perf_counter()
     model.save(out)
     used = [(p, ds.classes[int(y)], split) for split, d in (("train", tr), ("validation", va))
             for p, y in zip(d.paths, d.labels, strict=True)]
     write_manifest(out, ds.root, used)
-    if validation is not None:
-        save_evaluation(out, validation)
     timings["save"] = time.perf_counter() - t
     graph: dict[str, Any] = {}
     if approach != "classical":
         t = time.perf_counter()
         graph = _export_graph(out, model, va.images[:16] if len(va.labels) else None)
         timings["export"] = time.perf_counter() - t
+
+    metrics: dict[str, Any] = {"train_size": len(tr.labels)}
+    if len(va.labels):
+        from .inference import predictor_of
+        from .run import GRAPH_FILE
+        from .scoring import score
+
+        # THE evaluation, through the predictor `pawsight evaluate` and `predict` use for this run (its
+        # ONNX graph when there is one): the saved validation answers are exactly theirs
+        t = time.perf_counter()
+        blob = (out / GRAPH_FILE).read_bytes() if graph else None
+        predictor = predictor_of(model, {**options, "approach": approach}, blob, name=str(out / GRAPH_FILE))
+        validation = {**score(predictor, va, ds.classes), "split": "validation", "data": str(Path(data)),
+                      "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped]}
+        metrics["validation"] = {k: validation[k] for k in VALIDATION_METRICS if k in validation}
+        save_evaluation(out, validation)
+        timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     info = {
         **options,
@@ -236,6 +231,12 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     write_run_info(out, info)
     _draw_curves(out)
     return model, info
+
+
+# what run.json keeps of the validation evaluation (the whole one, per picture, is under RUN/evaluations/)
+VALIDATION_METRICS = ("accuracy", "n_images", "n_errors", "log_loss", "macro_f1", "per_class",
+                      "confusion_matrix", "confusion_columns", "classes", "unknown", "accuracy_answered",
+                      "threshold")
 
 
 def _export_graph(out: Path, model: Any, samples: np.ndarray | None) -> dict[str, Any]:
@@ -271,11 +272,12 @@ def predict(run_dir: PathLike, paths: list[PathLike], top_k: int = 1, model=None
             threshold: float | None = None) -> tuple[list[dict[str, Any]], list[Skip]]:
     """Label image files (folders are searched) with a run directory or an exported .onnx file.
 
-    Returns (predictions, skipped files with reasons); each prediction is the predictor's record (label,
-    probability, probabilities, unknown_score) plus `path` and `top` (the `top_k` most probable classes)."""
+    Returns (predictions, skipped files with reasons); each prediction is the predictor's answer record
+    (inference.answer_record: label, closest, probability, probabilities, unknown_score, unknown_threshold,
+    summary) plus `path` and `top` (the `top_k` most probable classes)."""
     from .data import list_files
     from .inference import load as load_predictor
-    from .inference import predict_files
+    from .inference import predict_files, top_classes
 
     check_param("top_k", top_k)
     model = model or load_predictor(run_dir, threshold=threshold)
@@ -293,12 +295,6 @@ def predict(run_dir: PathLike, paths: list[PathLike], top_k: int = 1, model=None
             continue
         out.append({"path": path, **record, "top": top_classes(record["probabilities"], top_k)})
     return out, skipped
-
-
-def top_classes(probabilities: dict[str, float], k: int) -> list[dict[str, Any]]:
-    """The `k` most probable classes, most probable first (ties: class order)."""
-    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])[:max(1, k)]
-    return [{"label": c, "probability": p} for c, p in ranked]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

@@ -421,6 +421,7 @@ def print_train_summary(info: dict[str, Any]) -> None:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     from .api import evaluate
+    from .evaluation import unknown_line
 
     result = evaluate(args.run, args.data, split=args.split, save=not args.no_save, threshold=args.threshold)
     if result.get("save_error"):
@@ -432,20 +433,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
     manifest = result.get("selection") == "manifest"
     which = ": the pictures the run validated on, from its manifest" if manifest else ""
     print(f"{shown(result['run'])} on {shown(result['data'])} ({result['split']}{which}): accuracy "
-          f"{(result['accuracy'] or 0):.2%} on {result['n_images']} pictures")
+          f"{(result['accuracy'] or 0):.2%} on {result['n_images']} pictures (most probable class)")
+    if result.get("threshold") is not None:
+        print(unknown_line(result))
     names = [shown(c) for c in result["classes"]]
+    columns = [shown(c) for c in result.get("confusion_columns") or result["classes"]]
     width = max(len("class"), *(len(c) for c in names))
-    print(f"{'class':<{width}}  precision  recall     f1  support")
+    print(f"{'class':<{width}}  precision  recall     f1  support   (of the answers given)")
     for c, m in zip(names, result["per_class"].values(), strict=True):
         print(f"{c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
-    print("confusion matrix (rows: true class, columns: predicted):")
+    print("confusion matrix (rows: true class, columns: answer):")
+    cell = max(5, *(len(c) for c in columns))
+    print(f"  {'':<{width}}  " + "  ".join(f"{c:>{cell}}" for c in columns))
     for c, row in zip(names, result["confusion_matrix"], strict=True):
-        print(f"  {c:<{width}}  " + "  ".join(f"{v:5d}" for v in row))
-    if result.get("threshold") is not None:
-        answered = result["accuracy_answered"]
-        print(f"answered 'unknown' (neither score > {result['threshold']:.3g}): {result['unknown']} of "
-              f"{result['n_images']}; accuracy of the labels given: "
-              + ("-" if answered is None else f"{answered:.2%}"))
+        print(f"  {c:<{width}}  " + "  ".join(f"{v:{cell}d}" for v in row))
     for s in result["skipped"]:
         print(f"skipped {shown(s['path'])}: {shown(s['reason'])}", file=sys.stderr)
     if result.get("saved"):
@@ -573,11 +574,12 @@ def add_report_parsers(sub: Any) -> None:
     ex.add_argument("run", type=Path)
     ex.add_argument("image", type=Path)
     ex.add_argument("--out", type=Path, default=None,
-                    help="PNG to write (default: <image name>.<method>.png in the current folder)")
+                    help="PNG to write (default: <image name>.<run name>.<method>.png in the current folder)")
     ex.add_argument("--method", choices=["gradcam", "occlusion", "features"], default=None,
                     help="gradcam (deep runs, default there), occlusion (any run, default for classical), "
                          "features (HOG cells, colour histogram and occlusion)")
-    ex.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
+    ex.add_argument("--target", default=None,
+                    help="class to explain (default: the closest one; the answer itself is always printed)")
     rp = sub.add_parser("report", help="write one self-contained HTML report of a run")
     rp.add_argument("run", type=Path)
     rp.add_argument("--data", type=Path, default=None,
@@ -603,14 +605,16 @@ def report_command(args: argparse.Namespace) -> int:
         from .storage import PNG_MARKER, atomic_write_bytes, check_output_file
 
         data = data_root(read_run_info(args.run)) if is_run_dir(args.run) else None
-        early = args.out or (Path(f"{args.image.name}.{args.method}.png") if args.method else None)
+        # the default name holds the run's: explaining one picture with two runs keeps both
+        run_name = args.run.resolve().name if args.run.is_dir() else args.run.stem
+        early = args.out or (Path(f"{args.image.name}.{run_name}.{args.method}.png") if args.method else None)
         if early is not None:  # checked before the 10-15 s of work, not after
             check_output_file(early, PNG_MARKER, data=data)
         e = explain(args.run, args.image, method=args.method or "auto", target=args.target)
-        out = check_output_file(args.out or Path(f"{args.image.name}.{e.method}.png"), PNG_MARKER, data=data)
+        out = check_output_file(args.out or Path(f"{args.image.name}.{run_name}.{e.method}.png"), PNG_MARKER,
+                                data=data)
         atomic_write_bytes(out, render(e), what="the explanation")
-        print(f"{shown(args.image)}: {shown(e.target)} {e.probabilities[e.target]:.3f} "
-              f"({e.method}, {e.seconds:.1f} s) -> {shown(out)}")
+        print(f"{shown(args.image)}: {shown(e.caption)} ({e.method}, {e.seconds:.1f} s) -> {shown(out)}")
         return 0
     from .report.html import build_report
 

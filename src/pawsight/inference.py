@@ -54,6 +54,51 @@ def decide(proba: np.ndarray, classes: Sequence[str], ood_score: np.ndarray | Se
     return [UNKNOWN if not s <= threshold else lab for lab, s in zip(labels, score, strict=True)]
 
 
+def answer_record(label: str, proba: np.ndarray | Sequence[float], classes: Sequence[str],
+                  score: float | None, threshold: float | None) -> dict[str, Any]:
+    """THE answer every surface shows for one picture (CLI table, JSON and CSV, Python API, web page,
+    explain, report):
+
+    label          decide()'s answer: a class, or "unknown"
+    closest        the most probable class (the label too, unless the answer is "unknown")
+    probability    the probability of `closest`
+    probabilities  {class: probability}, in the model's class order
+    unknown_score  the neither score (None: the run has none); above `unknown_threshold` means "unknown"
+    unknown_threshold
+    summary        the answer in words, e.g. "dogs 94.2%" or
+                   "unknown: closest dogs 94.2%, neither score 1.18 > threshold 1.00"
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    k = int(p.argmax())
+    record = {"label": label, "closest": str(classes[k]), "probability": float(p[k]),
+              "probabilities": {str(c): float(v) for c, v in zip(classes, p, strict=True)},
+              "unknown_score": score, "unknown_threshold": threshold}
+    record["summary"] = describe(record)
+    return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """An answer record in words; for "unknown" it names what was closest and why it is unknown."""
+    closest = f"{record['closest']} {record['probability']:.1%}"
+    if record["label"] != UNKNOWN:
+        return closest
+    return f"{UNKNOWN}: closest {closest}, {why_unknown(record)}"
+
+
+def why_unknown(record: dict[str, Any]) -> str:
+    """Why a picture is answered "unknown": its neither score against the threshold."""
+    score, threshold = record.get("unknown_score"), record.get("unknown_threshold")
+    if score is None or threshold is None or score != score:
+        return "its neither score could not be computed"
+    return f"neither score {score:.2f} > threshold {threshold:.2f}"
+
+
+def top_classes(probabilities: dict[str, float], k: int) -> list[dict[str, Any]]:
+    """The `k` most probable classes, most probable first (ties: class order); never "unknown"."""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])[:max(1, k)]
+    return [{"label": c, "probability": p} for c, p in ranked]
+
+
 # -- pictures in any form -----------------------------------------------------------------------------------
 
 def read_image(item: Any, prep: Preprocessing, max_pixels: int | None = None) -> np.ndarray:
@@ -163,14 +208,10 @@ class Predictor:
         return self.records(*self.predict_scores(images))
 
     def records(self, proba: np.ndarray, score: np.ndarray | None) -> list[dict[str, Any]]:
+        """The answer records of `forward`'s output (see `answer_record`), one per picture."""
         labels = decide(proba, self.classes_, score, self.threshold)
-        out = []
-        for i, label in enumerate(labels):
-            p = proba[i]
-            out.append({"label": label, "probability": float(p.max()),
-                        "probabilities": {c: float(v) for c, v in zip(self.classes_, p, strict=True)},
-                        "unknown_score": None if score is None else float(score[i])})
-        return out
+        return [answer_record(label, proba[i], self.classes_, None if score is None else float(score[i]),
+                              self.threshold) for i, label in enumerate(labels)]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(approach={self.approach!r}, classes={self.classes_!r}, "
@@ -365,21 +406,32 @@ def load(path: PathLike, *, threshold: float | None = None, engine: str = "auto"
     from .run import GRAPH_FILE, load_model, read_graph, read_run_info
 
     info = read_run_info(path)
+    if info["approach"] == "classical" and threshold is not None:
+        raise PawsightError("classical runs have no neither score, so --threshold does not apply")
+    graph = read_graph(path, info) if info["approach"] != "classical" and engine in ("auto", "onnx") else None
+    model = load_model(path) if graph is None else None
+    return predictor_of(model, info, graph, name=str(path / GRAPH_FILE), threshold=threshold, engine=engine,
+                        threads=threads)
+
+
+def predictor_of(model: Any, info: dict[str, Any], graph: bytes | None = None, *, name: str = "model.onnx",
+                 threshold: float | None = None, engine: str = "auto", threads: int | None = None
+                 ) -> Predictor:
+    """The predictor of a run: from its ONNX `graph` when given (no PyTorch), else from the fitted `model`.
+    `load` uses it for a saved run, training for the run it has just made (its validation evaluation is
+    scored through the same predictor as `pawsight evaluate`)."""
     if info["approach"] == "classical":
-        if threshold is not None:
-            raise PawsightError("classical runs have no neither score, so --threshold does not apply")
-        return EstimatorPredictor(load_model(path), info, None)
-    graph = read_graph(path, info) if engine in ("auto", "onnx") else None
+        return EstimatorPredictor(model, info, None)
     if graph is not None:  # the graph saved after training: no PyTorch import, no export at start
-        predictor = OnnxPredictor(graph, str(path / GRAPH_FILE), threshold, threads=threads, info=info)
+        predictor = OnnxPredictor(graph, name, threshold, threads=threads, info=info)
         if predictor.classes_ != list(info["classes"]) or predictor.approach != info["approach"]:
             from .errors import shown
 
-            raise PawsightError(f"{shown(path)} is inconsistent: {GRAPH_FILE} is a {predictor.approach} "
-                                f"model of classes {predictor.classes_}, run.json describes a "
-                                f"{info['approach']} model of {info['classes']}")
+            raise PawsightError(f"{shown(name)} is inconsistent: it is a {predictor.approach} model of "
+                                f"classes {predictor.classes_}, run.json describes a {info['approach']} "
+                                f"model of {info['classes']}")
         return predictor
-    return ModulePredictor(load_model(path), info, threshold, engine=engine, threads=threads)
+    return ModulePredictor(model, info, threshold, engine=engine, threads=threads)
 
 
 def predict_files(predictor: Predictor, files: Iterable[PathLike], batch_size: int = 32,

@@ -111,41 +111,51 @@ def predict_stream(predictor: Any, inputs: Iterator[str | Skip], batch_size: int
 
 
 class Writer:
-    """table / json (one object per line) / csv rows on stdout; reasons for skipped files on stderr."""
+    """table / json (one object per line) / csv rows on stdout; reasons for skipped files on stderr.
+
+    Every format shows the same answer record (inference.answer_record): the label, the closest class with
+    its probability (also when the answer is "unknown") and the neither score against its threshold."""
 
     def __init__(self, fmt: str, classes: list[str], top_k: int, out: TextIO) -> None:
         self.fmt, self.classes, self.top_k, self.out = fmt, classes, max(1, top_k), out
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv is not None:  # CSV cells are shown(): an ESC in a class or file name never reaches a
             # terminal (JSON escapes control characters itself and keeps the exact names)
-            self.csv.writerow(["path", "label", "probability", *[f"p_{shown(c)}" for c in classes],
-                               "unknown_score", "error"])
-
-    def top(self, record: dict[str, Any]) -> list[tuple[str, float]]:
-        ranked = sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
-        return ranked[:self.top_k]
+            self.csv.writerow(["path", "label", "closest", "probability", *[f"p_{shown(c)}" for c in classes],
+                               "unknown_score", "unknown_threshold", "error"])
 
     def answer(self, path: str, record: dict[str, Any]) -> None:
+        from .inference import UNKNOWN, top_classes, why_unknown
+
+        top = top_classes(record["probabilities"], self.top_k)
         if self.fmt == "json":
             obj = {"path": path, **record}
             if self.top_k > 1:
-                obj["top"] = [{"label": c, "probability": p} for c, p in self.top(record)]
+                obj["top"] = top
             self.out.write(json.dumps(obj) + "\n")
         elif self.csv is not None:
-            score = record["unknown_score"]
-            self.csv.writerow([shown(path), shown(record["label"]), f"{record['probability']:.6f}",
+            score, threshold = record["unknown_score"], record["unknown_threshold"]
+            self.csv.writerow([shown(path), shown(record["label"]), shown(record["closest"]),
+                               f"{record['probability']:.6f}",
                                *[f"{record['probabilities'][c]:.6f}" for c in self.classes],
-                               "" if score is None else f"{score:.6f}", ""])
+                               "" if score is None else f"{score:.6f}",
+                               "" if threshold is None else f"{threshold:.6f}", ""])
         else:
-            extra = "  ".join(f"{shown(c)} {p:.3f}" for c, p in self.top(record)[1:])
-            self.out.write(f"{shown(path)}\t{shown(record['label'])}\t{record['probability']:.3f}"
-                           + (f"\t{extra}" if extra else "") + "\n")
+            cells = [shown(path), shown(record["label"])]
+            if record["label"] == UNKNOWN:  # what was closest, then why it is unknown
+                cells += ["closest " + "  ".join(f"{shown(t['label'])} {t['probability']:.3f}" for t in top),
+                          why_unknown(record)]
+            else:
+                cells += [f"{record['probability']:.3f}",
+                          *(["  ".join(f"{shown(t['label'])} {t['probability']:.3f}" for t in top[1:])]
+                            if len(top) > 1 else [])]
+            self.out.write("\t".join(cells) + "\n")
 
     def skipped(self, path: str, reason: str) -> None:
         if self.fmt == "json":
             self.out.write(json.dumps({"path": path, "error": reason}) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([shown(path), "", "", *["" for _ in self.classes], "", shown(reason)])
+            self.csv.writerow([shown(path), "", "", "", *["" for _ in self.classes], "", "", shown(reason)])
         print(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import ImageCache
+from .cache import Decoded, ImageCache
 from .data import SPLITS, DataSet, Sample, Skip, scan
 from .errors import PawsightError
 from .evaluation import classification_metrics, picture_predictions
@@ -28,14 +28,14 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     its training folder (from its manifest, so pictures added since are not scored), else validation for
     pre-split folders, else every picture in the folder.
 
-    Returns the metrics (they rate the most probable class), `unknown` (how many pictures inference.decide
+    Returns the metrics (evaluation.classification_metrics: accuracy rates the most probable class; the
+    confusion matrix and per-class scores the answers given), `unknown` (how many pictures inference.decide
     answers "unknown": neither score above `threshold`, default the run's), `accuracy_answered` (accuracy of
     the labels it does give), `predictions` (one dict per picture: path, label, predicted (decide's answer),
-    probabilities in the model's class order, loss = -log p(true class)) and `saved`: the file under
-    RUN/evaluations/ it was saved to (None with `save=False`, for an .onnx file, or when the run directory
-    cannot be written: then `save_error` says why).
+    probabilities in the model's class order, unknown_score, loss = -log p(true class)) and `saved`: the
+    file under RUN/evaluations/ it was saved to (None with `save=False`, for an .onnx file, or when the run
+    directory cannot be written: then `save_error` says why).
     """
-    from .inference import decide
     from .inference import load as load_predictor
 
     model = load_predictor(run_dir, threshold=threshold)
@@ -50,23 +50,34 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     remap = {i: classes.index(c) for i, c in enumerate(ds.classes)}
     samples = [Sample(s.path, remap[s.label], s.split) for s in samples]
     decoded = (cache or ImageCache()).load_samples(samples, model.preprocessing, desc="decoding")
-    t = time.perf_counter()
-    proba, score = (model.forward(decoded.images) if len(decoded.labels)
-                    else (np.zeros((0, len(classes))), None))
-    seconds_predict = time.perf_counter() - t
-    result = classification_metrics(decoded.labels, proba, classes)
-    answers = decide(proba, classes, score, model.threshold)
-    result.update(answered(answers, [classes[i] for i in decoded.labels]), threshold=model.threshold)
+    result = score(model, decoded, classes)
     result.update(split=used_split, selection=selection, data=str(Path(data)), run=str(run_dir),
-                  skipped=[s.to_dict() for s in ds.skipped + decoded.skipped],
-                  seconds={"predict": round(seconds_predict, 3), "total": round(time.perf_counter() - t0, 3)},
-                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes, answers))
+                  skipped=[s.to_dict() for s in ds.skipped + decoded.skipped])
+    result["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     result["saved"] = None
     if save and Path(run_dir).is_dir():
         try:
             result["saved"] = str(save_evaluation(run_dir, result))
         except (OSError, PawsightError) as exc:  # a read-only run (someone else's) still gets its scores
             result["save_error"] = str(exc)
+    return result
+
+
+def score(predictor: Any, decoded: Decoded, classes: list[str]) -> dict[str, Any]:
+    """Metrics, answers and per-picture predictions of decoded labelled pictures through `predictor` (an
+    inference.Predictor): the body of every evaluation, the one training saves included."""
+    from .inference import decide
+
+    t = time.perf_counter()
+    proba, scores = (predictor.forward(decoded.images) if len(decoded.labels)
+                     else (np.zeros((0, len(classes))), None))
+    seconds_predict = time.perf_counter() - t
+    answers = decide(proba, classes, scores, predictor.threshold)
+    result = classification_metrics(decoded.labels, proba, classes, answers)
+    result.update(answered(answers, [classes[i] for i in decoded.labels]), threshold=predictor.threshold,
+                  seconds={"predict": round(seconds_predict, 3)},
+                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes, answers,
+                                                  scores))
     return result
 
 

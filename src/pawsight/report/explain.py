@@ -21,6 +21,7 @@ arrays >= 0 over the picture the model saw (its preprocessing), so tests can che
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,19 @@ class Explanation:
     method: str                      # gradcam | occlusion | features
     image: np.ndarray                # the picture as the model saw it: (size, size, 3) uint8
     heatmap: np.ndarray              # (size, size) float >= 0: evidence for `target`
-    target: str                      # the explained class
+    target: str                      # the explained class: the closest one unless asked for another
     probabilities: dict[str, float]  # the model's probabilities for the unoccluded picture
     views: dict[str, Any] = field(default_factory=dict)  # features: hog image, colour histogram
     seconds: float = 0.0
+    #: the answer `pawsight predict` gives for this picture (inference.answer_record): label ("unknown"
+    #: included), closest class, neither score and threshold, summary in words
+    answer: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def caption(self) -> str:
+        """The answer in words and what the heat map shows, e.g. "unknown: closest dogs 94.2%, neither score
+        1.18 > threshold 1.00; heat map: what looks like dogs"."""
+        return f"{self.answer['summary']}; heat map: what looks like {self.target}"
 
 
 def explain(run_or_model: Any, image: Any, method: str = "auto", target: str | None = None) -> Explanation:
@@ -53,20 +63,45 @@ def explain(run_or_model: Any, image: Any, method: str = "auto", target: str | N
 
 
 class Explainer:
-    """Explanations of pictures by one model; the Grad-CAM network and layer are prepared once."""
+    """Explanations of pictures by one model; the Grad-CAM network and layer are prepared once.
+
+    The answer and every probability (occluded copies included) come from the run's predictor
+    (`inference`: the same graph, preprocessing, TTA and label decision as `pawsight predict`), so an
+    explanation never contradicts the answer; only Grad-CAM needs the PyTorch network, loaded when first
+    asked for."""
 
     def __init__(self, run_or_model: Any) -> None:
-        self.model = _model(run_or_model)
-        self.proba = _proba_fn(self.model)
-        self.deep = self.model.approach in ("transfer", "scratch")
+        from ..inference import load, predictor_of
+
+        if isinstance(run_or_model, str | Path):
+            self.run: Path | None = Path(run_or_model)
+            self.predictor = load(self.run)
+            self._model: Any = None
+        else:
+            self.run, self._model = None, run_or_model
+            info = {"approach": run_or_model.approach, "classes": list(run_or_model.classes_)}
+            self.predictor = predictor_of(run_or_model, info, engine="torch")
+        self.deep = self.predictor.approach in ("transfer", "scratch")
         self._cam: GradCam | None = None
+
+    @property
+    def model(self) -> Any:
+        """The fitted model object (PyTorch network for deep runs), loaded on first use."""
+        if self._model is None:
+            from ..run import load_model
+
+            self._model = load_model(self.run)
+        return self._model
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities of preprocessed uint8 pictures, through the predictor."""
+        return self.predictor.forward(X)[0]
 
     def __call__(self, image: Any, method: str = "auto", target: str | None = None) -> Explanation:
         if method not in METHODS:
             raise PawsightError(f"unknown explanation method {method!r}; use {', '.join(METHODS[1:])}")
         t0 = time.perf_counter()
-        model = self.model
-        classes = list(model.classes_)
+        classes = list(self.predictor.classes_)
         if target is not None and target not in classes:
             raise PawsightError(f"unknown class {target!r}; the model knows: {', '.join(classes)}")
         if method == "auto":
@@ -74,36 +109,28 @@ class Explainer:
         if method == "gradcam" and not self.deep:
             raise PawsightError("Grad-CAM needs a deep-learning run (transfer or scratch); for a classical "
                                 "run use --method occlusion or --method features")
-        pixels = model_input(model, image)
-        proba = np.asarray(self.proba(pixels[None]))[0]
-        k = classes.index(target) if target is not None else int(np.argmax(proba))
+        pixels = model_input(self.predictor.preprocessing, image)
+        answer = self.predictor.records(*self.predictor.forward(pixels[None]))[0]
+        target = target if target is not None else answer["closest"]
+        k = classes.index(target)
         views: dict[str, Any] = {}
         if method == "gradcam":
             if self._cam is None:
-                self._cam = GradCam(model)
+                self._cam = GradCam(self.model)
             heat = self._cam(pixels, k)
         else:
             heat = occlusion(self.proba, pixels, k)
             if method == "features":
-                views = feature_views(model, pixels)
-        return Explanation(method, pixels, heat, classes[k],
-                           {c: float(p) for c, p in zip(classes, proba, strict=True)}, views,
-                           time.perf_counter() - t0)
+                views = feature_views(self.model, pixels)
+        return Explanation(method, pixels, heat, target, dict(answer["probabilities"]), views,
+                           time.perf_counter() - t0, answer)
 
 
-def _model(run_or_model: Any):
-    if isinstance(run_or_model, str | Path):
-        from ..run import load_model
-
-        return load_model(run_or_model)
-    return run_or_model
-
-
-def model_input(model: Any, image: Any) -> np.ndarray:
-    """The (size, size, 3) uint8 picture `model` sees for a path, a PIL image or an array."""
+def model_input(prep: Any, image: Any) -> np.ndarray:
+    """The (size, size, 3) uint8 picture a model with preprocessing `prep` sees for a path, a PIL image or
+    an array."""
     from ..images import ImageError, open_rgb
 
-    prep = model.preprocessing
     if isinstance(image, str | Path):
         try:
             return np.array(prep(open_rgb(image)))  # writable: torch.from_numpy warns on read-only arrays
@@ -117,34 +144,6 @@ def model_input(model: Any, image: Any) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise PawsightError(f"expected a (height, width, 3) uint8 picture, got {arr.dtype} {arr.shape}")
     return np.array(arr if arr.shape[:2] == (prep.size, prep.size) else prep(Image.fromarray(arr)))
-
-
-def _proba_fn(model: Any):
-    """predict_proba on preprocessed uint8 batches that does not fill the feature caches with one-off
-    (occluded) pictures."""
-    if model.approach == "transfer":
-        from ..models.transfer import softmax
-
-        def transfer_proba(X: np.ndarray) -> np.ndarray:
-            extractor = model._extractor()
-            W, b = model.head_weight_, model.head_bias_
-            p = softmax(extractor(X) @ W.T + b)
-            if model._use_tta():
-                p = (p + softmax(extractor(X, flip=True) @ W.T + b)) / 2
-            return p
-
-        return transfer_proba
-    if model.approach == "classical":
-        def classical_proba(X: np.ndarray) -> np.ndarray:
-            old = model.cache_features
-            model.cache_features = False
-            try:
-                return model.predict_proba(X)
-            finally:
-                model.cache_features = old
-
-        return classical_proba
-    return model.predict_proba
 
 
 # -- Grad-CAM --------------------------------------------------------------------------------------------
@@ -314,17 +313,18 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndar
 
 def render(e: Explanation) -> bytes:
     """A PNG: the picture, the heat map over it and, for `features`, the HOG cells and colour histogram."""
-    from .plots import new_figure, to_png
+    from .plots import _short, new_figure, to_png
 
     panels = 4 if e.method == "features" else 2
     fig, axes = new_figure(2.6 * panels, 3.0, panels)
-    p = e.probabilities[e.target]
-    fig.suptitle(f"{e.target} ({p:.1%})", fontsize=10, parse_math=False)  # a folder name, never math
+    # the answer, wrapped to the figure's width; class names are folder names, never math
+    fig.suptitle(textwrap.fill(e.answer["summary"], 26 * panels), fontsize=10, parse_math=False)
     axes[0].imshow(e.image)
     axes[0].set_title("picture (as the model sees it)", fontsize=8)
     axes[1].imshow(overlay(e.image, e.heatmap))
     axes[1].set_title({"gradcam": "Grad-CAM", "occlusion": "occlusion: probability drop",
-                       "features": "occlusion: probability drop"}[e.method], fontsize=8)
+                       "features": "occlusion: probability drop"}[e.method]
+                      + f"\nwhat looks like {_short(e.target)}", fontsize=8, parse_math=False)
     if e.method == "features":
         axes[2].imshow(e.views["hog_image"], cmap="gray")
         axes[2].set_title(f"HOG cells ({e.views['hog_cell']} px)", fontsize=8)

@@ -20,11 +20,14 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PawsightError
+from ..evaluation import no_better_than_guessing, unknown_line
+from ..inference import UNKNOWN
 from ..storage import HTML_MARKER
 from . import plots
 
-SECTIONS = ("summary", "settings", "curves", "metrics", "confusion", "roc", "calibration", "top-losses",
-            "timings")
+SECTIONS = ("summary", "settings", "curves", "metrics", "confusion", "errors", "unknown", "roc",
+            "calibration", "top-losses", "timings")
+MAX_LISTED = 500  # rows of the error and unknown tables on the page (the CSV link has them all)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;
@@ -37,6 +40,7 @@ figure{margin:0;border:1px solid #ddd;padding:6px;width:336px;background:#fafafa
 figure .pair{display:flex;gap:4px}figure .pair img{width:160px;height:160px;object-fit:cover}
 figcaption{font-size:.85em;word-break:break-all}.wrong{color:#b00}.right{color:#070}
 nav a{margin-right:.8em}code{background:#f4f4f4;padding:0 .2em}
+.warning{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;border-radius:4px}
 """
 
 
@@ -182,8 +186,13 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
              f"<code>{esc(evaluation.get('data', '?'))}</code> ({esc(evaluation.get('split', '?'))} "
              "pictures): "
              f"accuracy <b>{_pct(evaluation.get('accuracy'))}</b> on {esc(evaluation.get('n_images', 0))} "
-             f"pictures. Written {esc(time.strftime('%Y-%m-%d %H:%M'))} by pawsight "
+             f"pictures (most probable class). Written {esc(time.strftime('%Y-%m-%d %H:%M'))} by "
+             "pawsight "
              f"{esc(info.get('pawsight_version', '?'))}.</p>",
+             *([f"<p>{esc(unknown_line(evaluation))}</p>"]
+               if evaluation.get("threshold") is not None else []),
+             *([f'<p class="warning" role="alert"><b>Warning:</b> {esc(warning)}</p>']
+               if (warning := no_better_than_guessing(evaluation)) else []),
              "<nav>" + "".join(f'<a href="#{s}">{esc(s.replace("-", " "))}</a>' for s in SECTIONS) + "</nav>"]
 
     # data summary
@@ -226,9 +235,14 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
 
     # metrics
     pc = views.get("per-class")
-    metric_rows = [["accuracy", _pct(evaluation.get("accuracy"))], ["pictures", evaluation.get("n_images")],
-                   ["errors", evaluation.get("n_errors")], ["log-loss", _num(evaluation.get("log_loss"))],
+    metric_rows = [["accuracy (most probable class)", _pct(evaluation.get("accuracy"))],
+                   ["pictures", evaluation.get("n_images")],
+                   ["errors (most probable class)", evaluation.get("n_errors")],
+                   ["log-loss", _num(evaluation.get("log_loss"))],
                    ["macro F1", _num(evaluation.get("macro_f1"))]]
+    if evaluation.get("threshold") is not None:
+        metric_rows += [["answered 'unknown'", evaluation.get("unknown")],
+                        ["accuracy of the labels given", _pct(evaluation.get("accuracy_answered"))]]
     class_rows = []
     if pc is not None:
         class_rows = [[c, _num(pc.data["precision"][i]), _num(pc.data["recall"][i]), _num(pc.data["f1"][i]),
@@ -238,8 +252,9 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
                  + figure_html(pc, "") + "</section>")
 
     parts.append('<section id="confusion"><h2>Confusion matrix</h2><p class="note">rows: true class; '
-                 "columns: predicted class</p>" + figure_html(views.get("confusion-matrix"), "no pictures")
-                 + "</section>")
+                 "columns: the answer given ('unknown' when the neither score is above its threshold)</p>"
+                 + figure_html(views.get("confusion-matrix"), "no pictures") + "</section>")
+    parts += _answer_lists(evaluation)
     k = len(classes)
     roc_missing = (f"not drawn: {k} classes (one-vs-rest curves are drawn for up to {plots.MAX_ROC_CLASSES})"
                    if k > plots.MAX_ROC_CLASSES else "not drawn: every picture belongs to one class")
@@ -283,6 +298,68 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
                  + table(report_t, ["part", "seconds"]) + "</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _answer_lists(evaluation: dict[str, Any]) -> list[str]:
+    """The "errors" section (every picture whose answer is not its class, highest loss first, with its most
+    confused pairs) and the "unknown" section (the pictures answered "unknown", with their neither score
+    against the threshold), each with its full list as a CSV link."""
+    classes = list(evaluation["classes"])
+    preds = evaluation.get("predictions") or []
+    threshold = evaluation.get("threshold")
+    rows = []
+    for p in preds:
+        k = int(np.argmax(p["probabilities"]))
+        score = p.get("unknown_score")
+        rows.append({"file": p["path"], "true": p["label"], "answer": p["predicted"], "closest": classes[k],
+                     "probability": p["probabilities"][k], "neither score": score, "loss": p["loss"]})
+    errors = sorted((r for r in rows if r["answer"] != r["true"]), key=lambda r: -float(r["loss"]))
+    unknown = sorted((r for r in rows if r["answer"] == UNKNOWN),
+                     key=lambda r: -float(r["neither score"] or 0))
+    pairs: dict[tuple[str, str], int] = {}
+    for r in errors:
+        pairs[(r["true"], r["answer"])] = pairs.get((r["true"], r["answer"]), 0) + 1
+    confused = sorted(pairs.items(), key=lambda kv: -kv[1])[:10]
+    out = [f'<section id="errors"><h2>Errors ({len(errors)})</h2>'
+           '<p class="note">Every picture whose answer is not its class, highest loss first.</p>']
+    if confused:
+        out.append(table([[t, a, n] for (t, a), n in confused], ["true class", "answered", "pictures"]))
+    out.append(_rows_table(errors, ["file", "true", "answer", "closest", "probability", "loss"],
+                           "errors.csv"))
+    out.append("</section>")
+    out.append(f'<section id="unknown"><h2>Answered unknown ({len(unknown)})</h2>')
+    if threshold is None:
+        out.append('<p class="note">This run has no neither score: it always answers one of its '
+                   "classes.</p>")
+    else:
+        out.append(f'<p class="note">A picture is answered "unknown" when its neither score (how unlike the '
+                   f"training pictures it is) is above the threshold {float(threshold):.2f}; the closest "
+                   "class is what it would otherwise have been called.</p>")
+        out.append(_rows_table(unknown, ["file", "true", "closest", "probability", "neither score"],
+                               "unknown.csv"))
+    out.append("</section>")
+    return out
+
+
+def _rows_table(rows: list[dict[str, Any]], columns: list[str], csv_name: str) -> str:
+    """An HTML table of the first MAX_LISTED rows and a link to all of them as CSV (a data URI: no server)."""
+    import csv
+
+    if not rows:
+        return '<p class="note">none</p>'
+
+    def fmt(v: Any) -> str:
+        return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows([[fmt(r[c]) for c in columns] for r in rows])
+    link = (f'<p><a download="{esc(csv_name)}" href="data:text/csv;base64,'
+            f'{base64.b64encode(buf.getvalue().encode()).decode()}">all {len(rows)} as CSV</a>'
+            + (f" (the first {MAX_LISTED} are shown)" if len(rows) > MAX_LISTED else "") + "</p>")
+    shown_rows = [[Path(r[c]).name if c == "file" else fmt(r[c]) for c in columns] for r in rows[:MAX_LISTED]]
+    return link + table(shown_rows, columns)
 
 
 def _pct(v: Any) -> str:

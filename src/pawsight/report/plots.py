@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PawsightError, shown
+from ..evaluation import answer_table
 from ..storage import PNG_SOFTWARE
 
 DPI = 80
@@ -238,10 +239,7 @@ def confusion(evaluation: dict[str, Any]) -> Figure:
     """Counts and row-normalised shares (rows: true class; columns: predicted, 'unknown' when it occurs),
     counted from the per-picture predictions."""
     classes, y, _, predicted = _columns(evaluation)
-    columns = classes + (["unknown"] if "unknown" in predicted and "unknown" not in classes else [])
-    counts = np.zeros((len(classes), len(columns)), dtype=np.int64)
-    for t, p in zip(y, predicted, strict=True):
-        counts[t, columns.index(p)] += 1
+    columns, counts, _ = answer_table(y, predicted, classes)  # the table `pawsight evaluate` prints
     rows = counts.sum(1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     k = len(classes)
@@ -277,13 +275,10 @@ def _short(name: str, n: int = 18) -> str:
 
 def per_class(evaluation: dict[str, Any]) -> Figure:
     """Precision, recall and F1 of each class (from the per-picture predictions), as grouped bars."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     classes, y, _, predicted = _columns(evaluation)
-    y_pred = np.array([classes.index(p) if p in classes else -1 for p in predicted], dtype=np.int64)
-    p, r, f, s = precision_recall_fscore_support(y, y_pred, labels=list(range(len(classes))), zero_division=0)
-    data = {"classes": classes, "precision": p.tolist(), "recall": r.tolist(), "f1": f.tolist(),
-            "support": s.tolist()}
+    scores = answer_table(y, predicted, classes)[2]  # the scores `pawsight evaluate` prints
+    data = {"classes": classes, **{key: [scores[c][key] for c in classes]
+                                   for key in ("precision", "recall", "f1", "support")}}
     k = len(classes)
     fig, (ax,) = new_figure(min(10.0, 2.5 + 0.9 * k), 2.8)
     x = np.arange(k)

@@ -336,9 +336,11 @@ def create_app(predictor_or_path: Any, *, threshold: float | None = None,
               response_description="one record per picture, in upload order")
     async def predict(request: Request) -> JSONResponse:
         """Send pictures as multipart/form-data field `file` (repeat it for several) or one picture as the
-        raw request body with an `image/*` content type. Each record holds `label` (a class, or `unknown`
-        for a picture of none of them), `probability`, `probabilities` per class and `unknown_score`; a
-        picture that cannot be read gets `error` instead. If none can be read the answer is 422."""
+        raw request body with an `image/*` content type. Each record is the answer `pawsight predict`
+        gives: `label` (a class, or `unknown` for a picture of none of them), `closest` (the most probable
+        class) and its `probability`, `probabilities` per class, `unknown_score` and `unknown_threshold`
+        (above it: unknown) and `summary` in words; a picture that cannot be read gets `error` instead.
+        If none can be read the answer is 422."""
         t0 = time.perf_counter()
         uploads = await read_uploads(request, max_bytes, max_files)
         names = [name for name, _ in uploads]

@@ -21,11 +21,19 @@ function render(record) {
   label.textContent = unknown ? "Neither" : record.label;
   label.classList.toggle("unknown", unknown);
   const classes = Object.keys(record.probabilities);
-  $("detail").textContent = unknown
-    ? "This looks like none of: " + classes.join(", ") + "."
-    : percent(record.probability) + " sure";
+  // For "unknown" the page says what was closest and why it is not that (the neither score against its
+  // threshold), in the words `pawsight predict` prints (record.summary), and greys the class bars.
+  const scored = typeof record.unknown_score === "number" && typeof record.unknown_threshold === "number";
+  $("detail").textContent = !unknown ? percent(record.probability) + " sure"
+    : "This looks like none of: " + classes.join(", ") + ". Closest: " + record.closest + " " +
+      percent(record.probability) + (scored
+        ? ", but its neither score " + record.unknown_score.toFixed(2) + " is above the threshold " +
+          record.unknown_threshold.toFixed(2) + "."
+        : ", but its neither score could not be computed.");
+  $("detail").title = record.summary;
   const bars = $("bars");
   bars.replaceChildren();
+  bars.classList.toggle("unknown", unknown);
   const rows = Object.entries(record.probabilities).sort((a, b) => b[1] - a[1]);
   for (const [name, p] of rows) {
     const li = document.createElement("li");
