@@ -225,6 +225,9 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
                  "ignored": [s.to_dict() for s in ds.ignored],
                  "dropped_duplicates": dropped},
         "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()}, **graph,
+        # validation accuracy against training size, measured while the features were at hand (classical,
+        # frozen transfer): the report draws it and never retrains
+        **({"learning_curve": model.learning_curve_} if getattr(model, "learning_curve_", None) else {}),
         "warnings": thin_validation(counts_of(ds.classes, va.labels), bool(ds.split("validation"))),
         **weights_record(out),  # load_model refuses weights other than these (a swapped model.json + weights)
     }
@@ -255,12 +258,12 @@ def _export_graph(out: Path, model: Any, samples: np.ndarray | None) -> dict[str
 
 
 def _draw_curves(out: Path) -> None:
-    """Training curves as RUN/plots/*.png for runs with a per-epoch history (report.plots). Drawing is a
+    """Training or learning curves as RUN/plots/*.png (report.plots). Drawing is a
     convenience: a failure is one warning line, never a failed training (`pawsight plot RUN` redraws)."""
     try:
         from .report.plots import plot_run
 
-        plot_run(out, learning=False)
+        plot_run(out)
     except Exception as exc:  # noqa: BLE001
         import sys
 

@@ -563,8 +563,8 @@ def cache_command(args: argparse.Namespace) -> int:
 def add_report_parsers(sub: Any) -> None:
     pl = sub.add_parser("plot", help="draw a run's training curves and evaluation views into RUN/plots/",
                         epilog="Deep-learning runs: loss, accuracy and learning rate per epoch. "
-                               "Classical and frozen-transfer runs: a learning curve refitted on cached "
-                               "features. Evaluation views (confusion matrix, per-class scores, ROC/PR, "
+                               "Classical and frozen-transfer runs: the learning curve measured at training "
+                               "time. Evaluation views (confusion matrix, per-class scores, ROC/PR, "
                                "calibration, top losses) come from --data, else the run's latest saved "
                                "evaluation, else its validation pictures.")
     pl.add_argument("run", type=Path)

@@ -156,3 +156,32 @@ def make_model(approach: str, **params: Any) -> ImageClassifier:
     model = cls(**params)
     model.check_params()
     return model
+
+
+# Training-set fractions of a learning curve: a handful of points, dense where curves bend (small sizes).
+CURVE_FRACTIONS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+
+
+def learning_curve(fit_score: Any, y: np.ndarray, n_validation: int, seed: int = 0,
+                   fractions: tuple[float, ...] = CURVE_FRACTIONS) -> dict[str, Any]:
+    """Validation accuracy against training-set size, measured at training time (the report only draws
+    it): `fit_score(idx)` refits the model's own final learner on the training rows `idx` (nested, stratified
+    subsets; at least 2 pictures per class) and returns its validation accuracy. Models whose learner is cheap
+    to refit on features they already hold (classical, frozen transfer) call this at the end of `fit`."""
+    import math
+    import time
+
+    t0 = time.perf_counter()
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    order = {c: rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)}
+    sizes: list[int] = []
+    scores: list[float] = []
+    for f in fractions:
+        idx = np.sort(np.concatenate([o[:max(2, math.ceil(f * len(o)))] for o in order.values()]))
+        if sizes and len(idx) == sizes[-1]:
+            continue
+        sizes.append(int(len(idx)))
+        scores.append(float(fit_score(idx)))
+    return {"train_sizes": sizes, "validation_accuracy": scores, "n_validation": int(n_validation),
+            "seconds": round(time.perf_counter() - t0, 2)}

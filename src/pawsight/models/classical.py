@@ -208,7 +208,38 @@ class ClassicalClassifier(ImageClassifier):
             warnings.simplefilter("ignore", category=UserWarning)  # e.g. LinearSVC convergence chatter
             self.pipeline_.fit(F, y, **self._fit_groups(groups))
         self.timings_["fit"] = time.perf_counter() - t
+        self.learning_curve_ = None
+        if X_val is not None and y_val is not None and len(y_val):
+            t = time.perf_counter()
+            self.learning_curve_ = self._learning_curve(F, y, groups, self._extract(X_val), np.asarray(y_val))
+            self.timings_["learning_curve"] = time.perf_counter() - t
         return self
+
+    def _learning_curve(self, F: np.ndarray, y: np.ndarray, groups: np.ndarray, F_val: np.ndarray,
+                        y_val: np.ndarray) -> dict[str, Any]:
+        """The final pipeline's settings refitted on growing subsets of the training pictures (mirrored
+        copies follow their picture; no new search; probability calibration off, as it does not change the
+        curve's shape), scored on the validation pictures: base.learning_curve."""
+        from sklearn.base import clone
+
+        from .base import learning_curve
+
+        base = clone(self.pipeline_)
+        if hasattr(base.named_steps["model"], "cv"):
+            base.set_params(model__cv=1)
+        n = int(groups.max()) + 1  # pictures (rows beyond n are their mirrored copies)
+
+        def fit_score(idx: np.ndarray) -> float:
+            rows = np.flatnonzero(np.isin(groups, idx))
+            est = clone(base)
+            if "pca" in est.named_steps and isinstance(est.named_steps["pca"].n_components, int):
+                est.set_params(pca__n_components=min(est.named_steps["pca"].n_components, len(rows) - 1))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=UserWarning)
+                est.fit(F[rows], y[rows])
+            return float((np.asarray(est.predict(F_val)) == y_val).mean())
+
+        return learning_curve(fit_score, y[:n], len(y_val), seed=int(self.seed))
 
     def _fit_groups(self, groups: np.ndarray) -> dict[str, np.ndarray]:
         """Route picture ids to the SVMs' calibration folds, so mirrored copies stay with their picture."""

@@ -117,8 +117,13 @@ class TransferClassifier(ImageClassifier):
         net, spec = create_backbone(self.model, self.weights)
         self.timings_["backbone"] = time.perf_counter() - t
         self.net_, self.spec_ = net, spec
+        self.learning_curve_ = None
         if self.mode == "frozen":
             self._fit_frozen(X, y)
+            if X_val is not None and y_val is not None and len(y_val):
+                t = time.perf_counter()
+                self.learning_curve_ = self._learning_curve(X, y, X_val, np.asarray(y_val))
+                self.timings_["learning_curve"] = time.perf_counter() - t
         else:
             self._fit_finetune(X, y, X_val, y_val, run_dir)
         self.neither_ = None
@@ -148,6 +153,25 @@ class TransferClassifier(ImageClassifier):
         self.head_weight_, self.head_bias_, self.C_, self.cv_accuracy_ = fit_linear_head(
             feats, y, len(self.classes_), groups, self.seed)
         self.timings_["head"] = time.perf_counter() - t
+
+    def _learning_curve(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray
+                        ) -> dict[str, Any]:
+        """A logistic-regression head at the chosen C refitted on growing subsets of the cached training
+        features, scored on the validation pictures (base.learning_curve)."""
+        from sklearn.linear_model import LogisticRegression
+
+        from .base import learning_curve
+
+        F_tr, F_va = self._features(X), self._features(X_val)  # training rows: cached by _fit_frozen
+        C = float(getattr(self, "C_", None) or 1.0)
+
+        def fit_score(idx: np.ndarray) -> float:
+            F = F_tr[idx]
+            mean, scale = F.mean(0), F.std(0) + 1e-6
+            clf = LogisticRegression(C=C, max_iter=2000).fit((F - mean) / scale, y[idx])
+            return float((clf.predict((F_va - mean) / scale) == y_val).mean())
+
+        return learning_curve(fit_score, y, len(y_val), seed=int(self.seed))
 
     def _fit_finetune(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
                       run_dir: Path | None) -> None:

@@ -25,8 +25,10 @@ from ..inference import UNKNOWN
 from ..storage import HTML_MARKER
 from . import plots
 
-SECTIONS = ("summary", "settings", "curves", "metrics", "confusion", "errors", "unknown", "roc",
-            "calibration", "top-losses", "timings")
+# section id -> its name in the navigation bar (the id is the link target; the name is what the reader sees)
+SECTIONS = {"summary": "data", "settings": "settings", "curves": "curves", "metrics": "metrics",
+            "confusion": "confusion matrix", "errors": "errors", "unknown": "unknown", "roc": "ROC and PR",
+            "calibration": "calibration", "top-losses": "top losses", "timings": "timings"}
 MAX_LISTED = 500  # rows of the error and unknown tables on the page (the CSV link has them all)
 
 CSS = """
@@ -193,7 +195,7 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
                if evaluation.get("threshold") is not None else []),
              *([f'<p class="warning" role="alert"><b>Warning:</b> {esc(warning)}</p>']
                if (warning := no_better_than_guessing(evaluation)) else []),
-             "<nav>" + "".join(f'<a href="#{s}">{esc(s.replace("-", " "))}</a>' for s in SECTIONS) + "</nav>"]
+             "<nav>" + "".join(f'<a href="#{s}">{esc(name)}</a>' for s, name in SECTIONS.items()) + "</nav>"]
 
     # data summary
     d = info.get("data", {})
@@ -225,12 +227,14 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
                  + "</section>")
 
     # curves
-    parts.append('<section id="curves"><h2>Training curves</h2>')
+    heading = curves[0].title if len(curves) == 1 else "Training curves"
+    parts.append(f'<section id="curves"><h2>{esc(heading)}</h2>')
     if curves:
-        parts += [f"<h3>{esc(f.title)}</h3>" + figure_html(f, "") for f in curves]
+        parts += [(f"<h3>{esc(f.title)}</h3>" if f.title != heading else "") + figure_html(f, "")
+                  for f in curves]
     else:
-        parts.append('<p class="note">No curve for this run: it has no per-epoch history and its learner '
-                     "cannot be refitted from cached features.</p>")
+        parts.append('<p class="note">No curve for this run: it has no per-epoch history and no learning '
+                     "curve was measured when it was trained (no validation pictures).</p>")
     parts.append("</section>")
 
     # metrics

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,36 +108,17 @@ def training_curves(history: list[dict[str, Any]]) -> Figure | None:
                        "loss)")
 
 
-def learning_curve(run: str | Path, fractions: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0),
-                   seed: int = 0) -> Figure | None:
-    """Validation accuracy against training-set size, for runs whose learner is cheap to refit on cached
-    features (classical, frozen transfer). Each point refits the run's own final estimator (same settings, no
-    new search or calibration) on a nested, stratified subset of the cached training features; the features
-    are not recomputed. None for runs that would need retraining a network (scratch, fine-tuning)."""
-    from ..run import load_model, read_run_info
+def learning_curve(run: str | Path) -> Figure | None:
+    """Validation accuracy against training-set size, as measured when the run was trained (classical and
+    frozen-transfer runs: models/base.learning_curve); None for runs without one (scratch, fine-tuning,
+    runs trained without validation pictures). Drawn from run.json alone: never retrains, never reads a
+    picture."""
+    from ..run import read_run_info
 
-    info = read_run_info(run)
-    if info["approach"] == "scratch" or (info["approach"] == "transfer"
-                                         and info.get("params", {}).get("mode", "frozen") != "frozen"):
+    data = read_run_info(run).get("learning_curve")
+    if not isinstance(data, dict) or not data.get("train_sizes"):
         return None
-    t0 = time.perf_counter()
-    model = load_model(run)
-    classes = list(model.classes_)
-    (X_tr, y_tr), (X_va, y_va) = split_images(run, model.preprocessing, ("train", "validation"), classes)
-    if len(y_va) == 0 or len(np.unique(y_tr)) < 2:
-        return None
-    fit_score = _refitter(model, X_tr, X_va)
-    rng = np.random.default_rng(seed)
-    order = {c: rng.permutation(np.flatnonzero(y_tr == c)) for c in np.unique(y_tr)}
-    sizes, scores = [], []
-    for f in fractions:
-        idx = np.sort(np.concatenate([o[:max(2, math.ceil(f * len(o)))] for o in order.values()]))
-        if sizes and len(idx) == sizes[-1]:
-            continue
-        sizes.append(int(len(idx)))
-        scores.append(float(fit_score(idx, y_tr, y_va)))
-    data = {"train_sizes": sizes, "validation_accuracy": scores, "n_validation": int(len(y_va)),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    sizes, scores = data["train_sizes"], data["validation_accuracy"]
     fig, (ax,) = new_figure(4.8, 3.0)
     ax.plot(sizes, scores, "-o", ms=4)
     ax.set_xlabel("training pictures")
@@ -146,80 +126,9 @@ def learning_curve(run: str | Path, fractions: tuple[float, ...] = (0.1, 0.2, 0.
     ax.set_title("learning curve")
     ax.grid(alpha=0.3)
     return Figure("learning-curve", "Learning curve", to_png(fig), data,
-                  note="the run's final estimator refitted on growing stratified subsets of its cached "
-                       "training features; more pictures still help where the curve still climbs")
-
-
-def _refitter(model, X_tr: np.ndarray, X_va: np.ndarray):
-    """fit_score(idx, y_tr, y_va) -> validation accuracy of the run's estimator fitted on the training rows
-    `idx`."""
-    if model.approach == "classical":
-        from sklearn.base import clone
-
-        F_tr = model._extract(X_tr)  # cached feature rows (features.extract's RowStore)
-        F_flip = model._extract(X_tr[:, :, ::-1]) if model.flip else None
-        F_va = model._extract(X_va)
-        base = clone(model.pipeline_)
-        if hasattr(base.named_steps["model"], "cv"):
-            base.set_params(model__cv=1)  # probability calibration does not change the learning curve's shape
-
-        def fit_score(idx: np.ndarray, y_tr: np.ndarray, y_va: np.ndarray) -> float:
-            F, y = F_tr[idx], y_tr[idx]
-            if F_flip is not None:
-                F, y = np.concatenate([F, F_flip[idx]]), np.concatenate([y, y])
-            est = clone(base)
-            if "pca" in est.named_steps and isinstance(est.named_steps["pca"].n_components, int):
-                est.set_params(pca__n_components=min(est.named_steps["pca"].n_components, len(F) - 1))
-            est.fit(F, y)
-            return float((np.asarray(est.predict(F_va)) == y_va).mean())
-
-        return fit_score
-    from sklearn.linear_model import LogisticRegression
-
-    F_tr, F_va = model._features(X_tr), model._features(X_va)  # cached backbone features
-    C = float(getattr(model, "C_", None) or 1.0)
-
-    def fit_head(idx: np.ndarray, y_tr: np.ndarray, y_va: np.ndarray) -> float:
-        F = F_tr[idx]
-        mean, scale = F.mean(0), F.std(0) + 1e-6
-        clf = LogisticRegression(C=C, max_iter=2000).fit((F - mean) / scale, y_tr[idx])
-        return float((clf.predict((F_va - mean) / scale) == y_va).mean())
-
-    return fit_head
-
-
-def split_images(run: str | Path, prep, splits: tuple[str, ...], classes: list[str]
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Decoded pictures and label indices of the run's own training/validation split (from the decode cache).
-
-    Uses the run's manifest of exact pictures when the run has one, else re-makes training's seeded split."""
-    from ..cache import ImageCache
-
-    entries = _split_entries(run)
-    out = []
-    for split in splits:
-        chosen = [e for e in entries if e["split"] == split and e["label"] in classes]
-        decoded = ImageCache().load([e["path"] for e in chosen], prep, desc=f"decoding {split}",
-                                    labels=[classes.index(e["label"]) for e in chosen])
-        out.append((decoded.images, decoded.labels))
-    return out
-
-
-def _split_entries(run: str | Path) -> list[dict[str, Any]]:
-    """[{path, label, split}] of the run's pictures: its manifest (paths in the data folder it was trained
-    on); for a run trained before manifests existed, training's seeded split made again."""
-    from ..data import scan
-    from ..run import read_manifest, read_run_info
-
-    info = read_run_info(run)
-    root = Path(info.get("data", {}).get("root", ""))
-    if not root.is_dir():
-        raise PawsightError(f"the training pictures of {shown(run)} are no longer at {shown(root)}")
-    manifest = read_manifest(run)
-    if manifest:
-        return [{**e, "path": str(root / e["path"])} for e in manifest]
-    ds = scan(root, val_fraction=info.get("val_fraction", 0.2), seed=info.get("seed", 0))
-    return [{"path": str(s.path), "label": ds.classes[s.label], "split": s.split} for s in ds.samples]
+                  note="the run's final learner refitted at training time on growing stratified subsets of "
+                       "its training features, scored on its validation pictures; more pictures still help "
+                       "where the curve still climbs")
 
 
 # -- evaluation views ---------------------------------------------------------------------------------------
@@ -417,19 +326,12 @@ def evaluation_figures(evaluation: dict[str, Any], k: int = 8) -> list[Figure]:
 
 # -- the `pawsight plot` command -------------------------------------------------------------------------
 
-def run_figures(run: str | Path, learning: bool = True) -> list[Figure]:
-    """Training curves (history) and, if cheap to refit, the learning curve of a run."""
-    out = []
+def run_figures(run: str | Path) -> list[Figure]:
+    """The figures of a run's training, from its files alone: training curves (per-epoch history) and the
+    learning curve measured at training time, whichever it has."""
     from ..run import read_history
 
-    curves = training_curves(read_history(run))
-    if curves is not None:
-        out.append(curves)
-    if learning:
-        lc = learning_curve(run)
-        if lc is not None:
-            out.append(lc)
-    return out
+    return [f for f in (training_curves(read_history(run)), learning_curve(run)) if f is not None]
 
 
 def write_figures(run: str | Path, figures: list[Figure]) -> list[Path]:
@@ -444,9 +346,9 @@ def write_figures(run: str | Path, figures: list[Figure]) -> list[Path]:
     return paths
 
 
-def plot_run(run: str | Path, evaluation: dict[str, Any] | None = None, learning: bool = True) -> list[Path]:
+def plot_run(run: str | Path, evaluation: dict[str, Any] | None = None) -> list[Path]:
     """Draw a run's curves (and the views of `evaluation`, when given) into RUN/plots/."""
-    figures = run_figures(run, learning=learning)
+    figures = run_figures(run)
     if evaluation is not None:
         figures += evaluation_figures(evaluation)
     return write_figures(run, figures)
