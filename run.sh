@@ -82,12 +82,16 @@ demo() {
   echo "== 4. evaluate both on the validation pictures"
   tolerant "$ps" evaluate "$out/demo-classical" "$data"
   tolerant "$ps" evaluate "$out/demo-transfer" "$data"
-  echo "== 5. predict a few pictures"
-  local samples
-  samples="$(find "$data" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | sed -n '1,2p;$p')"
+  echo "== 5. predict pictures the model did not train on"
+  local samples unseen="$data"
+  for split in test validation; do [ -d "$data/$split" ] && { unseen="$data/$split"; break; }; done
+  [ "$unseen" = "$data" ] && echo "(no test/ or validation/ folder: these may include training pictures)"
+  samples="$(find "$unseen" -type f \( -iname '*.jpg' -o -iname '*.png' \) | sort | sed -n '1,2p;$p')"
   # shellcheck disable=SC2086
-  tolerant "$ps" predict "$out/demo-transfer" $samples
-  echo "== done: run directories are in $out/"
+  tolerant "$ps" predict "$out/demo-transfer" $samples --top-k 2
+  echo "== 6. the report: curves, confusion matrix, errors, unknowns, what the model looked at"
+  "$ps" report "$out/demo-transfer"
+  echo "== done: open $out/demo-transfer/report.html in a browser; run directories are in $out/"
 }
 
 cmd="${1:-help}"

@@ -174,7 +174,9 @@ def test_advise_prints_a_recommendation_with_an_estimate_for_each_approach(
     assert advice["data"]["n_train"] == 80 and advice["data"]["classes"] == ["cats", "dogs"]
     assert advice["hardware"]["cores"] >= 1
     rec = advice["recommendation"]
-    assert rec["recipe"] in names and rec["reasons"] and rec["command"].startswith("pawsight train DATA")
+    assert rec["recipe"] in names and rec["reasons"]
+    assert rec["command"].startswith(f"pawsight train {tiny} ")  # the user's folder, ready to copy
+    assert all(e["command"].startswith(f"pawsight train {tiny} ") for e in advice["estimates"])
     text = choose.format_advice(advice)
     assert "recommended:" in text and "classical" in text and "transfer-lite0" in text
 

@@ -86,6 +86,14 @@ def test_cli_reference_names_every_command_and_option():
     assert not missing, "docs/cli.md does not document: " + "; ".join(missing)
 
 
+def test_every_argument_says_what_it_is_in_help():
+    """`pawsight CMD --help` explains every positional and option (argparse shows a bare name otherwise)."""
+    bare = [f"{' '.join(path) or 'pawsight'}: {action.option_strings or action.dest}"
+            for path, parser in commands(build_parser()) for action in parser._actions
+            if not action.help and not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)]
+    assert bare == []
+
+
 def test_cli_check_catches_an_undocumented_option():
     """The check above is not vacuous: an option the page does not name is reported, and so is a command."""
     parser = build_parser()

@@ -20,6 +20,7 @@ import html
 import io
 import math
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -393,7 +394,8 @@ class Recipe:
         """Feature passes per picture: mirrored copies count twice."""
         return 2 if self.kwargs.get("tta", self.approach == "classical") else 1
 
-    def command(self, budget: float | None = None) -> str:
+    def command(self, budget: float | None = None, data: str = "DATA") -> str:
+        """The `pawsight train` line of this recipe for the folder `data` (shell-quoted)."""
         opts = [f"--approach {self.approach}"]
         for k, v in self.params:
             if k == "time_budget":
@@ -401,7 +403,7 @@ class Recipe:
             opts.append(f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}")
         if budget is not None and (self.approach == "scratch" or self.kwargs.get("mode") == "finetune"):
             opts.append(f"--time-budget {int(round(budget))}s")
-        return "pawsight train DATA " + " ".join(opts)
+        return f"pawsight train {shlex.quote(data)} " + " ".join(opts)
 
 
 FROZEN = [
@@ -761,10 +763,10 @@ def advise(data: PathLike, time_budget: float = 600.0, seed: int = 0, val_fracti
         est = estimate_seconds(r, cal, d["n_train"], d["n_validation"], deep_budget)
         estimates.append({"recipe": r.name, "approach": r.approach, "description": r.description,
                           "params": {**r.kwargs, **({"time_budget": deep_budget} if deep_budget else {})},
-                          "command": r.command(deep_budget),
+                          "command": r.command(deep_budget, str(data)),
                           "estimated_seconds": None if est is None else round(est, 1),
                           "fits_budget": est is not None and est <= time_budget})
-    rec = recommend(d, hw, cal, estimates, time_budget)
+    rec = recommend(d, hw, cal, estimates, time_budget, str(data))
     return {"data": d, "hardware": hw, "time_budget": time_budget, "calibration": asdict(cal),
             "estimates": estimates, "recommendation": rec, "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -777,7 +779,7 @@ def _deep_budget(recipe: Recipe, time_budget: float) -> float | None:
 
 
 def recommend(d: dict[str, Any], hw: dict[str, Any], cal: Calibration, estimates: list[dict[str, Any]],
-              time_budget: float) -> dict[str, Any]:
+              time_budget: float, data: str = "DATA") -> dict[str, Any]:
     """The recipe to try first, with reasons in plain words. Measured facts only: the calibration's times
     and its quick held-out check; the final word belongs to cross-validation (`--approach auto`)."""
     reasons: list[str] = []
@@ -826,8 +828,8 @@ def recommend(d: dict[str, Any], hw: dict[str, Any], cal: Calibration, estimates
         reasons.append(f"a CNN from scratch trains {sc:.0f} pictures/s here; it needs thousands of pictures "
                        "per class to approach pretrained features")
     reasons.append(f"{k} classes, {d['n_train']} training pictures; decide by measurement with "
-                   f"'pawsight train DATA --approach auto --time-budget {_dur(time_budget)}' or see the "
-                   "learning curves with 'pawsight compare DATA'")
+                   f"'pawsight train {shlex.quote(data)} --approach auto --time-budget {_dur(time_budget)}' "
+                   f"or see the learning curves with 'pawsight compare {shlex.quote(data)}'")
     return {"recipe": choice["recipe"], "approach": choice["approach"], "params": choice["params"],
             "command": choice["command"], "estimated_seconds": choice["estimated_seconds"],
             "reasons": reasons}

@@ -86,14 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect or download data sets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     ins = dsub.add_parser("inspect", help="classes, counts, bad files, duplicates and leaks of a data folder")
-    ins.add_argument("data", type=Path)
+    ins.add_argument("data", type=Path, help="folder of class sub-folders (or train/ validation/ splits)")
     ins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ins.add_argument("--sheet", type=Path, default=None,
                      help="contact sheet PNG to write (default: DATA-contact-sheet.png here)")
     ins.add_argument("--size", type=cli_type("size"), default=224,
                      help="working resolution decoded into the cache (16-1024 px)")
-    ins.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2)
-    ins.add_argument("--seed", type=cli_type("seed"), default=0)
+    ins.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2,
+                     help="share of each class held out for validation, as train would split (default 0.2)")
+    ins.add_argument("--seed", type=cli_type("seed"), default=0,
+                     help="seed of that split, as for train (default 0)")
     dl = dsub.add_parser("download", help="download a standard data set (e.g. cats-vs-dogs)",
                          epilog="Downloads resume after an interruption and are checked (size, SHA-256). "
                                 "Set PAWSIGHT_DATASETS_URL=http://host/path/ to fetch the archives from a "
@@ -147,13 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="print run.json on stdout when done")
 
     ev = sub.add_parser("evaluate", help="score a trained run on a folder of class sub-folders")
-    ev.add_argument("run", type=Path)
-    ev.add_argument("data", type=Path)
+    ev.add_argument("run", type=Path, help="run directory or exported .onnx file")
+    ev.add_argument("data", type=Path, help="labelled pictures: a folder of class sub-folders")
     ev.add_argument("--split", default=None, help="train, validation, test or all (default: test if present, "
                                                   "else the pictures the run validated on when DATA is its "
                                                   "training folder, else validation of a pre-split folder, "
                                                   "else all)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true",
+                    help="print the whole evaluation (metrics, per-picture answers) as one JSON object")
     ev.add_argument("--no-save", action="store_true",
                     help="do not save this evaluation under RUN/evaluations/")
     ev.add_argument("--threshold", type=cli_type("threshold"), default=None,
@@ -181,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="The file holds the whole model (uint8 pictures in, probabilities and the "
                                "neither score out) and, in its metadata, the classes, preprocessing and "
                                "unknown-threshold. Parity with PyTorch is checked on sample pictures.")
-    ex.add_argument("run", type=Path)
-    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("run", type=Path, help="run directory of a transfer or scratch run")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="file format (only onnx)")
     ex.add_argument("--out", type=Path, default=None, help="file to write (default: RUN/model.onnx)")
 
     sv = sub.add_parser("serve", help="a web page and REST API for a run directory or an exported .onnx file",
@@ -210,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Trains each approach on growing, nested per-class subsets of the training "
                                 "pictures (same validation pictures) and writes charts, a CSV and an HTML "
                                 "leaderboard into --out.")
-    cmp.add_argument("data", type=Path)
+    cmp.add_argument("data", type=Path, help="folder of class sub-folders to compare the approaches on")
     cmp.add_argument("--approaches", default="classical,transfer",
                      help="comma-separated: classical, transfer, scratch (default: classical,transfer)")
     cmp.add_argument("--sizes", default="10,25,50,100,250,all",
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="for the whole comparison (default 20m); scratch gets what the others leave")
     cmp.add_argument("--out", type=Path, default=None, help="folder to write (default: runs/compare-<time>)")
     cmp.add_argument("--overwrite", action="store_true", help="replace the results of an earlier compare")
-    cmp.add_argument("--seed", type=cli_type("seed"), default=0)
+    cmp.add_argument("--seed", type=cli_type("seed"), default=0, help="seed of splits and models (default 0)")
     cmp.add_argument("--json", action="store_true", help="print compare.json on stdout")
 
     add_report_parsers(sub)
@@ -228,12 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "recommendation",
                          epilog="Reads the data and the hardware, runs a short calibration (a few seconds of "
                                 "each approach's real work here) and estimates each recipe's training time.")
-    adv.add_argument("data", type=Path)
+    adv.add_argument("data", type=Path, help="folder of class sub-folders to advise on")
     adv.add_argument("--time-budget", type=cli_type("time_budget", parse_duration), default=600.0,
                      metavar="DURATION",
                      help="how long a training may take (default 10m)")
-    adv.add_argument("--seed", type=cli_type("seed"), default=0)
-    adv.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2)
+    adv.add_argument("--seed", type=cli_type("seed"), default=0, help="seed of the split (default 0)")
+    adv.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2,
+                     help="share held out for validation, as train would split (default 0.2)")
     adv.add_argument("--json", action="store_true", help="print the advice as one JSON object")
 
     from .cachedir import CACHE_PARTS, REBUILT
@@ -241,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cache", help="show or free the cache folder ($PAWSIGHT_CACHE, ~/.cache/pawsight)")
     csub = ca.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     info = csub.add_parser("info", help="bytes per part of the cache")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="print the sizes as one JSON object")
     clear = csub.add_parser("clear", help="delete parts of the cache",
                             epilog="parts: " + "; ".join(f"{k}: {v[1]}" for k, v in CACHE_PARTS.items()))
     clear.add_argument("parts", nargs="*", metavar="PART",
@@ -396,6 +400,8 @@ def train_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if not args.json:
         print_train_summary(info)
+        run = shown(args.run_dir)
+        print(f"next: pawsight report {run}   (or: pawsight predict {run} PICTURES...)")
     return EXIT_SKIPPED if info["data"]["skipped"] else EXIT_OK
 
 
@@ -567,12 +573,12 @@ def add_report_parsers(sub: Any) -> None:
                                "time. Evaluation views (confusion matrix, per-class scores, ROC/PR, "
                                "calibration, top losses) come from --data, else the run's latest saved "
                                "evaluation, else its validation pictures.")
-    pl.add_argument("run", type=Path)
+    pl.add_argument("run", type=Path, help="run directory")
     pl.add_argument("--data", type=Path, default=None, help="labelled pictures to evaluate on")
     pl.add_argument("--split", default=None, help="train, validation, test or all (as for evaluate)")
     ex = sub.add_parser("explain", help="show what the model looked at in one picture")
-    ex.add_argument("run", type=Path)
-    ex.add_argument("image", type=Path)
+    ex.add_argument("run", type=Path, help="run directory or exported .onnx file")
+    ex.add_argument("image", type=Path, help="picture to explain")
     ex.add_argument("--out", type=Path, default=None,
                     help="PNG to write (default: <image name>.<run name>.<method>.png in the current folder)")
     ex.add_argument("--method", choices=["gradcam", "occlusion", "features"], default=None,
@@ -581,13 +587,14 @@ def add_report_parsers(sub: Any) -> None:
     ex.add_argument("--target", default=None,
                     help="class to explain (default: the closest one; the answer itself is always printed)")
     rp = sub.add_parser("report", help="write one self-contained HTML report of a run")
-    rp.add_argument("run", type=Path)
+    rp.add_argument("run", type=Path, help="run directory")
     rp.add_argument("--data", type=Path, default=None,
                     help="labelled pictures to evaluate on (default: the run's latest saved evaluation, else "
                          "its validation pictures)")
     rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
-    rp.add_argument("--top-k", type=cli_type("top_losses", flag="--top-k"), default=8,
-                    help="how many top-loss pictures to show and explain (0-100)")
+    # --top-losses, not --top-k: in predict --top-k counts classes (the old spelling still works, unlisted)
+    rp.add_argument("--top-losses", "--top-k", dest="top_k", type=cli_type("top_losses", flag="--top-losses"),
+                    default=8, metavar="N", help="how many top-loss pictures to show and explain (0-100)")
     rp.add_argument("--no-explain", action="store_true", help="top losses without explanations (faster)")
 
 

@@ -81,7 +81,7 @@ LIMITS: dict[str, dict[str, Any]] = {
     "seed": {"integer": True, "minimum": 0, "maximum": SEED_MAX},
     "val_fraction": {"minimum": 0, "below": 1},
     "top_k": {"integer": True, "minimum": 1},
-    "top_losses": {"integer": True, "minimum": 0, "maximum": 100},  # report --top-k
+    "top_losses": {"integer": True, "minimum": 0, "maximum": 100},  # report --top-losses
     "threshold": {"minimum": 0},
     "port": {"integer": True, "minimum": 0, "maximum": 65535},
     "max_upload_mb": {"above": 0, "maximum": 1024},
@@ -112,9 +112,9 @@ def check_params(params: dict[str, Any]) -> None:
 def cli_type(name: str, parse: Callable[[str], Any] | None = None, flag: str | None = None
              ) -> Callable[[str], Any]:
     """An argparse `type=` that checks the option against LIMITS[name] at parse time (argparse turns the
-    error into one line). `flag` is the option's spelling when it is not `--name` (report's --top-k checks
-    "top_losses"). The converter keeps `limits` and `parse` as attributes, so tests can walk every numeric
-    option of the parser and know which values it must refuse."""
+    error into one line). `flag` is the option's spelling when it is not `--name`. The converter keeps
+    `limits` and `parse` as attributes, so tests can walk every numeric option of the parser and know which
+    values it must refuse."""
     shown_flag = flag or f"--{name.replace('_', '-')}"
 
     def convert(text: str) -> Any:
