@@ -316,24 +316,34 @@ def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
     from .report.plots import new_figure, to_png  # no pyplot: never touches the caller's matplotlib backend
 
     out = {}
-    for name, x_of, xlabel in (
-            ("accuracy-vs-size.png", lambda r: r.n_train, "training pictures (all classes)"),
-            ("accuracy-vs-time.png", lambda r: r.train_seconds, "training time (s)")):
-        fig, (ax,) = new_figure(5.2, 3.6)
+    for name, x_of, xlabel, title in (
+            ("accuracy-vs-size.png", lambda r: r.n_train, "training pictures (total over the classes)",
+             "accuracy against training-set size"),
+            ("accuracy-vs-time.png", lambda r: r.train_seconds, "training time (s)",
+             "accuracy against training time (labels: training pictures)")):
+        fig, (ax,) = new_figure(5.6, 4.0)
+        xs: set[float] = set()
         for approach in dict.fromkeys(r.approach for r in rows):
-            pts = sorted((x_of(r), r.accuracy) for r in rows
+            pts = sorted((x_of(r), r.accuracy, r.n_train) for r in rows
                          if r.approach == approach and r.accuracy is not None and x_of(r))
             if pts:
                 ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=approach)
+                xs.update(p[0] for p in pts)
+                if name == "accuracy-vs-time.png":  # which size each point is: time alone does not say
+                    for x, acc, n in pts:
+                        ax.annotate(f"{n}", (x, 100 * acc), textcoords="offset points", xytext=(4, 4))
         ax.set_xscale("log")
         # plain numbers (10, 100, 1000), not 10^n: mathtext looks for fonts a minimal system lacks and logs it
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
+        if name == "accuracy-vs-size.png" and xs:  # a tick at every measured size: never an unlabelled axis
+            ax.set_xticks(sorted(xs), [f"{x:.0f}" for x in sorted(xs)], rotation=45 if len(xs) > 4 else 0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right")
+            fig.legend(loc="outside lower center", ncol=3, frameon=False)  # below: never over a point
         out[name] = to_png(fig)
     return out
 

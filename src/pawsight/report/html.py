@@ -82,7 +82,8 @@ def figure_html(f: plots.Figure | None, missing: str) -> str:
     if f is None:
         return f'<p class="note">{esc(missing)}</p>'
     note = f'<p class="note">{esc(f.note)}</p>' if f.note else ""
-    return img_tag(f.png, f.title) + note
+    width = int.from_bytes(f.png[16:20], "big") * 80 // plots.DPI  # drawn at 2x: shown at screen size
+    return (f'<img src="{data_uri(f.png)}" alt="{esc(f.title)}" width="{width}">') + note
 
 
 def build_report(run: str | Path, data: str | Path | None = None, out: str | Path | None = None,

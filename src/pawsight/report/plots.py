@@ -25,7 +25,10 @@ from ..errors import PawsightError, shown
 from ..evaluation import answer_table
 from ..storage import PNG_SOFTWARE
 
-DPI = 80
+# Figures are drawn at 2x a screen's 80 dpi and shown at half size: sharp on high-density screens, and no text
+# smaller than MIN_POINTS (9 pt = 20 px in the PNG, 10 px on the page), enforced for every figure in to_png.
+DPI = 160
+MIN_POINTS = 9.0
 PLOTS_DIR = "plots"  # inside the run directory: pictures pawsight drew, redrawn by `pawsight plot`
 
 
@@ -53,6 +56,12 @@ def new_figure(width: float, height: float, ncols: int = 1):
 
 
 def to_png(fig) -> bytes:
+    """The figure as PNG bytes (marked as pawsight's), every text raised to MIN_POINTS first."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        if text.get_fontsize() < MIN_POINTS:
+            text.set_fontsize(MIN_POINTS)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": PNG_SOFTWARE})
     return buf.getvalue()
@@ -173,6 +182,14 @@ def confusion(evaluation: dict[str, Any]) -> Figure:
     return Figure("confusion-matrix", "Confusion matrix", to_png(fig), data)
 
 
+def _score(value: float) -> str:
+    """A score in [0, 1] with enough digits that a near-perfect one does not read as perfect (0.9996, not
+    1.000)."""
+    if value < 0.999 or value == 1.0:
+        return f"{value:.3f}"
+    return f"{math.floor(value * 1e4) / 1e4:.4f}"  # rounded down: 0.99996 is shown 0.9999, never 1.0000
+
+
 def _short(name: str, n: int = 18) -> str:
     """A class name for a tick or legend label: control characters shown as escapes (a missing-glyph warning
     would otherwise print them raw to the terminal), shortened, and '$' escaped so it is never parsed as
@@ -194,9 +211,9 @@ def per_class(evaluation: dict[str, Any]) -> Figure:
     bars = (("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "tab:green"))
     for i, (key, color) in enumerate(bars):
         ax.bar(x + (i - 1) * 0.27, data[key], 0.27, label=key, color=color)
-    ax.set_xticks(x, [_short(c) for c in classes], rotation=30 if k > 4 else 0, fontsize=8)
+    ax.set_xticks(x, [_short(c) for c in classes], rotation=30 if k > 4 else 0)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(loc="outside lower center", ncol=3, frameon=False)  # below the axes: never over a bar
     ax.set_title("per-class precision, recall, F1")
     return Figure("per-class", "Per-class precision, recall and F1", to_png(fig), data)
 
@@ -227,15 +244,15 @@ def roc_pr(evaluation: dict[str, Any]) -> Figure | None:
                  "fpr": fpr.tolist(), "tpr": tpr.tolist(), "precision": prec.tolist(), "recall": rec.tolist()}
         curves.append(entry)
         label = _short(classes[c])
-        roc_ax.plot(fpr, tpr, label=f"{label} (AUC {entry['auc']:.3f})")
-        pr_ax.plot(rec, prec, label=f"{label} (AP {entry['average_precision']:.3f})")
+        roc_ax.plot(fpr, tpr, label=f"{label} (AUC {_score(entry['auc'])})")
+        pr_ax.plot(rec, prec, label=f"{label} (AP {_score(entry['average_precision'])})")
     if not curves:
         return None
     roc_ax.plot([0, 1], [0, 1], ":", color="gray")
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
     for ax in (roc_ax, pr_ax):
-        ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
+        ax.legend(loc="lower right" if ax is roc_ax else "lower left")
     note = (f"positive class: {_short(classes[1], 40)}" if k == 2 else "each class against the rest")
     return Figure("roc-pr", "ROC and precision-recall", to_png(fig), {"curves": curves, "mode": (
         "binary" if k == 2 else "one-vs-rest")}, note=note)
@@ -270,7 +287,10 @@ def calibration(evaluation: dict[str, Any], bins: int = 10) -> Figure:
            title=f"reliability (ECE {ece:.3f})")
     ax.legend(fontsize=8, loc="upper left")
     hist_ax.bar(centers, [t["count"] for t in table], width=1 / bins, edgecolor="black", color="tab:gray")
-    hist_ax.set(xlabel="confidence", ylabel="pictures", xlim=(0, 1), title="how confident")
+    # log scale: a good model puts nearly every picture in the top bin, which hides the others on a linear one
+    hist_ax.set(xlabel="confidence", ylabel="pictures (log scale)", xlim=(0, 1), title="how confident")
+    if any(t["count"] for t in table):
+        hist_ax.set_yscale("log")
     return Figure("calibration", "Calibration", to_png(fig), data,
                   note="bars on the diagonal: the model is as sure as it is right; below: over-confident")
 
@@ -294,6 +314,8 @@ def top_losses(evaluation: dict[str, Any], k: int = 8) -> list[dict[str, Any]]:
 
 def top_losses_figure(evaluation: dict[str, Any], k: int = 8, thumb: int = 128) -> Figure:
     """A gallery of `top_losses`: each picture with its true label, prediction, probability and loss."""
+    from PIL import ImageOps
+
     from ..images import ImageError, open_rgb
 
     items = top_losses(evaluation, k)
@@ -301,19 +323,18 @@ def top_losses_figure(evaluation: dict[str, Any], k: int = 8, thumb: int = 128) 
     rows = max(1, math.ceil(len(items) / cols))
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(2.2 * cols, 2.5 * rows), dpi=DPI, layout="constrained")
+    fig = MplFigure(figsize=(2.4 * cols, 3.0 * rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes:
         ax.axis("off")
     for ax, item in zip(axes, items, strict=False):
-        try:
-            im = open_rgb(item["path"])
-            im.thumbnail((thumb, thumb))
-            ax.imshow(np.asarray(im))
+        try:  # square thumbnails (centre crop): a regular grid whatever the pictures' shapes
+            ax.imshow(np.asarray(ImageOps.fit(open_rgb(item["path"]), (thumb, thumb))))
         except (ImageError, OSError):
             _text(ax, 0.5, 0.5, "(file gone)", ha="center", transform=ax.transAxes)
-        ax.set_title(f"true {_short(item['label'], 14)}\npred {_short(item['predicted'], 14)} "
-                     f"{item['probability']:.2f}\nloss {float(item['loss']):.2f}", fontsize=8, loc="left")
+        ax.set_title(f"{_short(Path(item['path']).name, 20)}\ntrue {_short(item['label'], 14)}\n"
+                     f"answer {_short(item['predicted'], 14)} {item['probability']:.2f}\n"
+                     f"loss {float(item['loss']):.2f}", loc="left")
     return Figure("top-losses", "Top losses", to_png(fig), {"items": items})
 
 
