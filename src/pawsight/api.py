@@ -208,7 +208,8 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
         t = time.perf_counter()
         blob = (out / GRAPH_FILE).read_bytes() if graph else None
         predictor = predictor_of(model, {**options, "approach": approach}, blob, name=str(out / GRAPH_FILE))
-        validation = {**score(predictor, va, ds.classes), "split": "validation", "data": str(Path(data)),
+        validation = {**score(predictor, va, ds.classes), "split": "validation",
+                      "data": str(Path(data).resolve()),
                       "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped]}
         metrics["validation"] = {k: validation[k] for k in VALIDATION_METRICS if k in validation}
         save_evaluation(out, validation)

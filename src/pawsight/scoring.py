@@ -51,7 +51,7 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     samples = [Sample(s.path, remap[s.label], s.split) for s in samples]
     decoded = (cache or ImageCache()).load_samples(samples, model.preprocessing, desc="decoding")
     result = score(model, decoded, classes)
-    result.update(split=used_split, selection=selection, data=str(Path(data)), run=str(run_dir),
+    result.update(split=used_split, selection=selection, data=str(Path(data).resolve()), run=str(run_dir),
                   skipped=[s.to_dict() for s in ds.skipped + decoded.skipped])
     result["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     result["saved"] = None

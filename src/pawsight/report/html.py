@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -135,9 +134,13 @@ def _loss_cards(run: str | Path, losses: list[dict[str, Any]], explain: bool
     from ..images import ImageError, open_rgb
     from .explain import Explainer, overlay
 
+    from ..progress import progress
+
     explainer = Explainer(run) if explain and losses else None
     cards = []
-    for item in losses:
+    # the slow part of a report (occlusion runs the model on ~100 covered copies per picture): a progress
+    # bar on a terminal, status lines in a log
+    for item in progress(losses, total=len(losses), desc="explaining top losses", unit="img"):
         card: dict[str, Any] = {"item": item, "picture": None, "overlay": None, "method": None}
         try:
             im = open_rgb(item["path"])
@@ -219,11 +222,16 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
     parts.append("</section>")
 
     # settings
+    prep = info.get("preprocessing") or {}
     settings = [["approach", info["approach"]], ["classes", ", ".join(classes)], ["seed", info.get("seed")],
                 ["validation fraction", info.get("val_fraction")],
-                ["preprocessing", json.dumps(info.get("preprocessing"))]]
-    settings += [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in
-                 sorted(info.get("params", {}).items())]
+                ["pictures as the model sees them", f"{prep.get('size', '?')} x {prep.get('size', '?')} px, "
+                                                    f"{str(prep.get('mode', '?')).replace('-', ' ')}"]]
+    # the model's own settings as given; one left unset shows what was used instead ("size" is the picture
+    # size above), never a raw JSON null
+    used = {"size": f"{prep.get('size')} px" if prep.get("size") else None}
+    settings += [[k.replace("_", " "), _setting(v, used.get(k))] for k, v in
+                 sorted(info.get("params", {}).items()) if k != "seed"]
     parts.append('<section id="settings"><h2>Settings</h2>' + table(settings, ["setting", "value"])
                  + "</section>")
 
@@ -365,6 +373,20 @@ def _rows_table(rows: list[dict[str, Any]], columns: list[str], csv_name: str) -
             + (f" (the first {MAX_LISTED} are shown)" if len(rows) > MAX_LISTED else "") + "</p>")
     shown_rows = [[Path(r[c]).name if c == "file" else fmt(r[c]) for c in columns] for r in rows[:MAX_LISTED]]
     return link + table(shown_rows, columns)
+
+
+def _setting(value: Any, used: str | None = None) -> str:
+    """A setting as a person reads it: text as is, yes/no, lists joined, unset as "default" (with what was
+    used when known)."""
+    if value is None:
+        return f"default ({used})" if used else "default"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _pct(v: Any) -> str:
