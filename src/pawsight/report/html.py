@@ -132,9 +132,8 @@ def _loss_cards(run: str | Path, losses: list[dict[str, Any]], explain: bool
                 ) -> list[dict[str, Any]]:
     """For each top-loss picture: the picture and (when `explain`) its explanation overlay as JPEG bytes."""
     from ..images import ImageError, open_rgb
-    from .explain import Explainer, overlay
-
     from ..progress import progress
+    from .explain import Explainer, overlay
 
     explainer = Explainer(run) if explain and losses else None
     cards = []
