@@ -87,10 +87,14 @@ def test_near_perfect_scores_never_read_as_perfect() -> None:
     assert plots._score(0.99996) == "0.9999" and plots._score(1.0) == "1.000" and plots._score(0.9) == "0.900"
 
 
-def test_explanation_is_readable(transfer_run: Path, tiny: Path, drawn: list[Any]) -> None:
+def test_explanation_is_readable_and_says_what_the_model_does_not_use(transfer_run: Path, tiny: Path,
+                                                                      drawn: list[Any]) -> None:
     picture = sorted((tiny / "validation" / "cats").glob("*.jpg"))[0]
-    explain.render(explain.explain(transfer_run, picture, method="occlusion"))
+    explain.render(explain.explain(transfer_run, picture, method="features"))
     check_readable(drawn[-1])
+    words = " ".join(t.get_text() for t in texts(drawn[-1]))
+    assert "evidence (relative)" in words  # the heat map's colour bar
+    assert words.count("not used by this model") == 2  # a deep run reads neither HOG nor colour bins
 
 
 def test_compare_charts_are_readable(drawn: list[Any]) -> None:

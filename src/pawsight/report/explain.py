@@ -292,8 +292,11 @@ def feature_views(model: Any, pixels: np.ndarray) -> dict[str, Any]:
         hsv = np.array([[[(hue * 256 // hb) % 256, int((sat + 0.5) * 256 / sb),
                           int((val + 0.5) * 256 / vb)]]], np.uint8)
         centres.append(np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))[0, 0].tolist())
+    # whether the model itself reads these features: a deep run's answer never saw them (shown, not hidden)
+    used = {"hog": any(isinstance(e, HOG) for e in extractors),
+            "color": any(isinstance(e, ColorHistogram) for e in extractors)}
     return {"hog_image": np.asarray(hog_image, np.float64), "hog_cell": h.cells[0], "hog_size": h.size,
-            "color_shares": shares.tolist(), "color_rgb": centres, "color_bins": [hb, sb, vb]}
+            "color_shares": shares.tolist(), "color_rgb": centres, "color_bins": [hb, sb, vb], "used": used}
 
 
 # -- drawing ---------------------------------------------------------------------------------------------
@@ -325,15 +328,24 @@ def render(e: Explanation) -> bytes:
     axes[1].set_title({"gradcam": "Grad-CAM", "occlusion": "occlusion: probability drop",
                        "features": "occlusion: probability drop"}[e.method]
                       + f"\nwhat looks like {_short(e.target)}", fontsize=8, parse_math=False)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes[1], fraction=0.05, ticks=[0, 1],
+                 label="evidence (relative)")
     if e.method == "features":
+        used = e.views.get("used", {})
+        unused = "\n(not used by this model)"
         axes[2].imshow(e.views["hog_image"], cmap="gray")
-        axes[2].set_title(f"HOG cells ({e.views['hog_cell']} px)", fontsize=8)
+        axes[2].set_title(f"HOG cells ({e.views['hog_cell']} px)" + ("" if used.get("hog") else unused),
+                          fontsize=8)
         shares = e.views["color_shares"]
         axes[3].bar(range(len(shares)), shares, width=1.0, color=np.asarray(e.views["color_rgb"]) / 255,
                     edgecolor="none")
-        axes[3].set_title("colour histogram (HSV bins)", fontsize=8)
+        axes[3].set_title("colour histogram" + ("" if used.get("color") else unused), fontsize=8)
+        axes[3].set_xlabel("colour bin (hue, saturation, value)")
+        axes[3].set_ylabel("share of pixels")
         axes[3].set_xticks([])
-        axes[3].tick_params(labelsize=7)
     for ax in axes[:3]:
         ax.axis("off")
     return to_png(fig)
