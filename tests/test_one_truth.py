@@ -78,7 +78,9 @@ def test_every_unknown_names_its_closest_class_and_why(truth: dict[str, dict]) -
 
 
 def test_python_api_predict(transfer_run: Path, folder: Path, truth: dict[str, dict]) -> None:
-    predictions, skipped = pawsight.predict(transfer_run, [folder], top_k=2)
+    from pawsight.api import predict  # pawsight.predict is also the CLI module's name once it is imported
+
+    predictions, skipped = predict(transfer_run, [folder], top_k=2)
     assert not skipped and len(predictions) == len(truth)
     for p in predictions:
         same_answer(p, truth[Path(p["path"]).name])

@@ -116,7 +116,9 @@ def test_overwrite_refuses_user_files_under_pawsights_folders_and_names(tiny: Pa
     (run / mine).unlink()
     result = cli("train", tiny, *FAST, "--out", run, "--overwrite")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert not list((run / "plots").glob("*")) and list((run / "evaluations").glob("*.json"))  # new run's own
+    # only the new run's own files: its learning curve, its validation evaluation
+    assert [p.name for p in (run / "plots").glob("*")] == ["learning-curve.png"]
+    assert list((run / "evaluations").glob("*.json"))
 
 
 def test_refused_or_failed_start_leaves_nothing_behind(tiny: Path, tmp_path: Path) -> None:
