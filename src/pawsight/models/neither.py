@@ -29,7 +29,12 @@ K = 5             # neighbours averaged
 QUANTILE = 0.99   # of the cross-validated training distances
 MARGIN = 1.2      # room for other collections of the same classes
 FOLDS = 5
-MAX_BANK = 20000  # training features kept (evenly spaced beyond this)
+# Reference vectors kept in the model (a seeded uniform sample of the training features beyond this): the
+# model file stays bounded whatever the training set (Lite0: 13 MB of network + 2,500 x 1280 float32 = 26
+# MB), and scoring costs the same at 3,000 or 300,000 training pictures. Calibration (the cross-validated
+# distances) uses references sampled the same way from each fold's training part, so the threshold is
+# measured for the reference the model keeps. Measured effect: docs/neither.md ("Bounded reference").
+MAX_REFERENCE = 2500
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -47,9 +52,17 @@ def knn_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def reference_rows(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of the rows kept as the reference: all of them up to `limit`, else a uniform sample."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
 def cross_validated_distances(Z: np.ndarray, y: np.ndarray, k: int, folds: int = FOLDS,
-                              seed: int = 0) -> np.ndarray:
-    """The distance of each training picture to the training pictures of the other folds."""
+                              seed: int = 0, limit: int | None = None) -> np.ndarray:
+    """The distance of each training picture to the training pictures of the other folds (to a reference
+    sampled from them at the final reference's density when the training set exceeds `limit`)."""
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y)
@@ -57,7 +70,10 @@ def cross_validated_distances(Z: np.ndarray, y: np.ndarray, k: int, folds: int =
     out = np.zeros(len(Z))
     if folds < 2:
         return out
+    rng = np.random.default_rng(seed)
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(Z, y):
+        if limit is not None and len(Z) > limit:
+            fit = fit[reference_rows(len(fit), max(1, round(limit * len(fit) / len(Z))), rng)]
         out[held] = knn_distance(Z[held], Z[fit], k)
     return out
 
@@ -87,19 +103,28 @@ class NeitherScore(nn.Module):
 
 
 def fit_neither(features: np.ndarray, y: np.ndarray, seed: int = 0, k: int = K, quantile: float = QUANTILE,
-                margin: float = MARGIN) -> NeitherScore:
+                margin: float = MARGIN, limit: int | None = None) -> NeitherScore:
     """Fit the score on training features (one row per picture) and calibrate its threshold by
-    cross-validation on them (see the module docstring)."""
+    cross-validation on them (see the module docstring); at most `limit` (default MAX_REFERENCE) reference
+    vectors are kept.
+    Up to `limit` pictures this is exactly the unbounded score; beyond it, float32 arithmetic (half the
+    memory of float64 at 100,000 pictures) and a sampled reference."""
+    limit = int(MAX_REFERENCE if limit is None else limit)
+    bounded = len(features) > limit
     Z = unit(features)
+    if bounded:
+        Z = Z.astype(np.float32)
     y = np.asarray(y, np.int64)
-    cv = cross_validated_distances(Z, y, k, seed=seed)
+    cv = cross_validated_distances(Z, y, k, seed=seed, limit=limit if bounded else None)
     raw = float(np.quantile(cv, quantile)) * margin if cv.any() else 1.0
     raw = max(raw, 1e-6)
-    if len(Z) > MAX_BANK:
-        Z = Z[np.linspace(0, len(Z) - 1, MAX_BANK).astype(int)]
+    if bounded:
+        Z = Z[reference_rows(len(Z), limit, np.random.default_rng([seed, 1]))]
     stats = {"calibration": f"{quantile:.3g} quantile of {FOLDS}-fold cross-validated training distances "
                             f"x {margin:g}",
-             "cv_distance_quantiles": {str(q): round(float(np.quantile(cv, q)), 6) for q in (0.5, 0.9, 0.99)}}
+             "cv_distance_quantiles": {str(q): round(float(np.quantile(cv, q)), 6) for q in (0.5, 0.9, 0.99)},
+             "reference": f"{len(Z)} of {len(features)} training pictures" + (" (uniform sample)" if bounded
+                                                                               else "")}
     return NeitherScore(Z, k, raw, 1.0, stats)
 
 
