@@ -30,8 +30,11 @@ def zoo(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
 
 
 def expected(path: Path, prep: Preprocessing = PREP) -> np.ndarray:
-    """What the cache must return for `path`: the uncached reference pipeline, stored by the pool's codec."""
-    return pool_roundtrip(prep.load(path))
+    """What the cache must return for `path`: the uncached reference pipeline, stored by the pool's codec
+    (JPEG for a lossy file, lossless otherwise)."""
+    with Image.open(path) as im:
+        source = im.format
+    return pool_roundtrip(prep.load(path), source)
 
 
 def pool_file(cache: ImageCache, prep: Preprocessing = PREP) -> Path:

@@ -133,7 +133,7 @@ def test_index_commit_on_full_disk_removes_the_rows_it_appended(small_fs: Path, 
     before = snapshot(cache.root)
     pool = cache.root / "pixels" / PREP.key
     now = (pool / segment_names(pool)[-1]).stat().st_size
-    grown = now + sum(len(encode_row(PREP.load(p))) for p in photos[2:6])
+    grown = now + sum(len(encode_row(PREP.load(p), "JPEG")) for p in photos[2:6])
     fill(small_fs, leave=(-(-grown // PAGE) - -(-now // PAGE)) * PAGE)  # 4 more rows fit, their index not
     with pytest.raises(WriteError, match=FULL_LINE):
         cache.load(photos[2:6], PREP)

@@ -100,6 +100,19 @@ def test_pool_stores_compressed_rows_close_to_the_pictures(tiny: Path, tmp_path:
     assert mirrored.keys() != decoded.images.keys()  # mirrored features are cached under other keys
 
 
+def test_pictures_from_lossless_files_are_stored_losslessly(tmp_path: Path) -> None:
+    """A PNG (here noise, JPEG's worst case) comes back exactly: a model trained on the pool sees what
+    prediction, which decodes the file itself, sees."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(path)
+    prep = Preprocessing(64)
+    row = ImageCache(tmp_path / "cache").load([path], prep).images[0]
+    np.testing.assert_array_equal(row, prep.load(path))
+
+
 def test_least_recently_used_is_evicted_under_a_tiny_cap(tiny: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache_module, "SEGMENT_BYTES", 1)  # a segment per chunk: fine-grained eviction

@@ -4,15 +4,16 @@ Layout of the cache folder (`$PAWSIGHT_CACHE`, default `~/.cache/pawsight`):
 
     files.json                 "path|size|mtime_ns" -> content hash: a changed file gets a new entry
     meta.json                  content hash -> {format, mode, width, height, phash} or {error: reason}
-    pixels/<preprocessing>/    seg-NNNNNN.jpgs (segments: JPEG pictures back to back, append-only, a new one
-                               every SEGMENT_BYTES) + index.json (hash -> [segment, offset, length])
+    pixels/<preprocessing>/    seg-NNNNNN-X.jpgs (segments: JPEG or PNG pictures back to back, append-only, a
+                               new one every SEGMENT_BYTES) + index.json (hash -> [segment, offset, length])
                                + index.log (entries appended since index.json was written: one line each)
     features/, onnx/           computed features and exported backbones (other modules; same root)
     weights/, datasets/        downloads
 
 Why JPEG at quality POOL_QUALITY: raw pixels cost 150 kB per picture at 224 px (4.3 GB at 30,000 pictures);
-JPEG at the working size costs ~20 kB and decodes in ~1 ms, while reading the original (often several
-megapixels) costs 10-50 ms. The pool is lossy on purpose; the accuracy it costs is measured in
+JPEG at the working size costs ~16 kB and decodes in ~1 ms, while reading the original (often several
+megapixels) costs 10-50 ms. Only pictures whose file was lossy already are stored as JPEG; the others (PNG,
+GIF, BMP, TIFF) are stored as lossless PNG (encode_row). The accuracy the lossy pool costs is measured in
 docs/benchmarks.md. Commands never hold every picture: `Decoded.images` is a `PoolRows`, an array-like whose
 rows are read and decoded when indexed, so memory depends on the batch size, not on the collection.
 
@@ -60,6 +61,7 @@ from .system import default_workers
 
 FORMAT = 3  # 3: JPEG rows in segments, capped and evicted (2: raw rows in pool.u8, phash from a thumbnail)
 POOL_QUALITY = 92  # JPEG quality of the stored pixels (4:2:0); measured in docs/benchmarks.md ("cache")
+LOSSY_SOURCES = {"JPEG", "MPO", "WEBP", "AVIF"}  # files stored as JPEG; any other source is stored as PNG
 SEGMENT_BYTES = 64 * 2**20  # a segment is the unit of eviction; few enough files to keep them all open
 SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".jpgs"
 APPEND_ROWS = 256  # encoded rows held in memory before they are appended to the pool
@@ -157,7 +159,8 @@ class ImageCache:
 
             def work(i: int) -> tuple[int, str | None, str | None, dict[str, Any] | None, bytes | None]:
                 sig, h, info, pixels = decode_file(paths[i], prep, lambda h: known(h, meta, index))
-                return i, sig, h, info, (encode_row(pixels) if pixels is not None else None)
+                blob = encode_row(pixels, (info or {}).get("format")) if pixels is not None else None
+                return i, sig, h, info, blob
 
             # Threads, not processes: Pillow releases the GIL while decoding, resampling and encoding, and
             # results need no pickling; rows stream to the pool in chunks: memory stays flat. Each chunk is
@@ -399,21 +402,29 @@ def write_all(fh: Any, data: bytes) -> None:
         view = view[fh.write(view):]
 
 
-def encode_row(pixels: np.ndarray) -> bytes:
-    """One picture as the pool stores it (JPEG, POOL_QUALITY)."""
+def encode_row(pixels: np.ndarray, source_format: str | None = None) -> bytes:
+    """One picture as the pool stores it: JPEG at POOL_QUALITY when its file was lossy already (JPEG, WebP,
+    AVIF: another pass at q92 changes it by ~1 grey level), else lossless PNG. Why not JPEG for all: a PNG
+    (a screenshot, a scan, a synthetic or medical picture) can hold detail JPEG destroys, and a model trained
+    on the pool must see what prediction, which decodes the file itself, will see."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format="JPEG", quality=POOL_QUALITY)
+    image = Image.fromarray(np.ascontiguousarray(pixels, np.uint8))
+    if source_format in LOSSY_SOURCES:
+        image.save(buf, format="JPEG", quality=POOL_QUALITY)
+    else:
+        image.save(buf, format="PNG", compress_level=1)  # fast: decoding speed matters more than bytes here
     return buf.getvalue()
 
 
 def decode_row(blob: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(blob), formats=["JPEG"]) as im:
+    with Image.open(io.BytesIO(blob), formats=["JPEG", "PNG"]) as im:
         return np.asarray(im.convert("RGB"))
 
 
-def pool_roundtrip(pixels: np.ndarray) -> np.ndarray:
-    """What the pool gives back for `pixels`: the reference the cache's pictures are checked against."""
-    return decode_row(encode_row(pixels))
+def pool_roundtrip(pixels: np.ndarray, source_format: str | None = "JPEG") -> np.ndarray:
+    """What the pool gives back for `pixels` of a `source_format` file: the reference the cache's pictures
+    are checked against."""
+    return decode_row(encode_row(pixels, source_format))
 
 
 def row_key(content_hash: str, prep: Preprocessing) -> str:
