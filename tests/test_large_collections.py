@@ -211,7 +211,8 @@ def test_neither_reference_is_exact_below_the_limit_and_bounded_above() -> None:
     np.testing.assert_allclose(small.bank.numpy(), unit(features).astype(np.float32))
     bounded = fit_neither(features, y, limit=100)
     assert bounded.bank.shape == (100, 16)
-    assert "100 of 300" in bounded.describe()["reference"]
+    assert "100 k-means centroids of 300" in bounded.describe()["reference"]
+    np.testing.assert_allclose(np.linalg.norm(bounded.bank.numpy(), axis=1), 1, atol=1e-5)
     assert 0.5 * small.scale < bounded.scale < 2 * small.scale  # calibrated for the smaller reference
 
 
