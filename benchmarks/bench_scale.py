@@ -113,6 +113,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--commands", default=",".join(COMMANDS), help=f"some of {', '.join(COMMANDS)}")
     ap.add_argument("--approach", default="transfer", help="what train trains (its defaults)")
     ap.add_argument("--train-args", default="", help="more train options, e.g. '--epochs 1'")
+    ap.add_argument("--src", type=Path, default=HERE.parent / "src",
+                    help="the pawsight source tree to measure (another checkout's src/: before and after)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     commands = [c for c in args.commands.split(",") if c]
@@ -124,11 +126,11 @@ def main(argv: list[str]) -> int:
     rows = []
     for n in sizes:
         data = make_collection(n)
-        work = SCRATCH / f"work-{n}"
+        work = SCRATCH / f"work-{n}-{args.src.resolve().parent.name}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         cache, run = work / "cache", work / "run"
-        src = str(HERE.parent / "src")
+        src = str(args.src.resolve())
         env = {**os.environ, "PAWSIGHT_CACHE": str(cache),
                "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
         for command in commands:
