@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -88,7 +89,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--others", type=Path, default=OTHERS)
     ap.add_argument("--run", type=Path, default=None, help="a trained transfer or scratch run")
     ap.add_argument("--design", action="store_true", help="also print the k x margin design table")
+    ap.add_argument("--reference", type=int, default=None,
+                    help="reference vectors kept (models/neither.MAX_REFERENCE) for the run trained here: "
+                         "below the training set's size, it shows what the bounded reference costs")
     args = ap.parse_args(argv)
+    if args.reference is not None:
+        import pawsight.models.neither as neither
+
+        neither.MAX_REFERENCE = args.reference
 
     import pawsight
     from common import default_run
@@ -98,6 +106,11 @@ def main(argv: list[str]) -> int:
         os.environ.setdefault("PAWSIGHT_CACHE", str(Path(tmp) / "cache"))
         run = default_run(args.data, args.run, Path(tmp))
         predictor = pawsight.load(run)
+        model = getattr(predictor, "model", None)
+        # a run directory predicts through its model.onnx (no .model): the description is in model.json
+        described = model.neither_.describe() if model is not None else \
+            json.loads((Path(run) / "model.json").read_text())["neither"]
+        described["model.safetensors MB"] = round((Path(run) / "model.safetensors").stat().st_size / 2**20, 1)
         if predictor.threshold is None:
             print("this run has no neither score (classical, or trained with neither=False)", file=sys.stderr)
             return 2
@@ -116,10 +129,10 @@ def main(argv: list[str]) -> int:
     given = [(a, t) for a, t in zip(labels, truth, strict=True) if a != UNKNOWN]
     acc_all = float(np.mean([a == t for a, t in zip(plain, truth, strict=True)]))
     acc_given = float(np.mean([a == t for a, t in given])) if given else float("nan")
-    model = getattr(predictor, "model", None)
-    described = model.neither_.describe() if model is not None else predictor.info["neither"]
-    print(f"\nneither score of {run}: {described['score']}, k={described['k']}; default threshold {thr:g}; "
-          f"{os.cpu_count()} cores\n")
+    reference = described.get("reference", described["bank"])
+    print(f"\nneither score of {run}: {described['score']}, k={described['k']}, reference {reference} "
+          f"({described['model.safetensors MB']} MB model file); default threshold {thr:g}; "
+          f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}\n")
     print("| pictures | n | AUROC vs validation cats/dogs | answered unknown |")
     print("|---|---:|---:|---:|")
     print(f"| validation cats and dogs | {len(val)} | - | {np.mean(s_val > thr):.1%} |")

@@ -2,7 +2,7 @@
 
     ./run.sh bench               every benchmark
     ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report, choose, predict,
-                                 neither, dedup
+                                 neither, dedup, scale
 Extra arguments after the name are passed to that benchmark (see each bench_*.py's --help).
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose", "predict", "neither",
-         "dedup"]
+         "dedup", "scale"]
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from hostile import HOSTILE, make_zoo
-from pawsight.cache import ImageCache
+from pawsight.cache import ImageCache, pool_roundtrip, segment_names, valid_index
 from pawsight.images import Preprocessing
 
 PREP = Preprocessing(32)
@@ -30,12 +30,20 @@ def zoo(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
 
 
 def expected(path: Path, prep: Preprocessing = PREP) -> np.ndarray:
-    """What the cache must return for `path`: the uncached reference pipeline."""
-    return prep.load(path)
+    """What the cache must return for `path`: the uncached reference pipeline, stored by the pool's codec
+    (JPEG for a lossy file, lossless otherwise)."""
+    with Image.open(path) as im:
+        source = im.format
+    return pool_roundtrip(prep.load(path), source)
 
 
 def pool_file(cache: ImageCache, prep: Preprocessing = PREP) -> Path:
-    return cache.root / "pixels" / prep.key / "pool.u8"
+    """The pool's newest segment (where rows are appended)."""
+    return cache.root / "pixels" / prep.key / segment_names(cache.root / "pixels" / prep.key)[-1]
+
+
+def indexed_bytes(cache: ImageCache, prep: Preprocessing = PREP) -> int:
+    return sum(n for _, _, n in valid_index(cache.root / "pixels" / prep.key).values())
 
 
 def test_zoo_every_valid_kept_every_hostile_skipped(tmp_path: Path, zoo) -> None:
@@ -88,13 +96,18 @@ def test_order_subsets_and_duplicates(tmp_path: Path, zoo) -> None:
 
 
 def test_returned_pixels_are_private(tmp_path: Path, zoo) -> None:
-    """The array may map the pool file (rows stored in order); writing into it must never change the cache."""
+    """Rows read from the pool are fresh arrays: writing into them must never change the cache, and the
+    lazy rows themselves cannot be written."""
     folder, valid, _ = zoo
     paths = [folder / n for n in valid if n != "png-named.jpg"]  # distinct contents: one contiguous run
     cache = ImageCache(tmp_path / "cache")
     out = cache.load(paths, PREP)
-    ref = out.images.copy()
-    out.images[:] = 7
+    ref = np.asarray(out.images)
+    batch = out.images[:]
+    batch[:] = 7
+    with pytest.raises(TypeError):
+        out.images[0] = 7  # type: ignore[index]
+    np.testing.assert_array_equal(out.images, ref)
     np.testing.assert_array_equal(cache.load(paths, PREP).images, ref)
 
 
@@ -169,7 +182,7 @@ def test_torn_pool_write_is_survived(tmp_path: Path, zoo) -> None:
     assert out.decoded == 0
     out = cache.load(first + rest, PREP)
     assert out.decoded == len(rest)
-    assert pool_file(cache).stat().st_size % (32 * 32 * 3) == 0
+    assert pool_file(cache).stat().st_size == indexed_bytes(cache)  # the torn tail was cut off
     for p, img in zip(out.paths, out.images, strict=True):
         np.testing.assert_array_equal(img, expected(p), err_msg=p.name)
 
@@ -193,8 +206,9 @@ def test_index_pointing_past_the_pool_is_not_trusted(tmp_path: Path, zoo) -> Non
     paths = [folder / n for n in valid]
     cache = ImageCache(tmp_path / "cache")
     cache.load(paths, PREP)
+    entries = sorted(valid_index(pool_file(cache).parent).values(), key=lambda e: e[1])
     with open(pool_file(cache), "r+b") as fh:  # pool lost its tail (e.g. restored from an old backup)
-        fh.truncate(3 * 32 * 32 * 3)
+        fh.truncate(entries[2][1] + entries[2][2])  # the first three rows are whole
     out = cache.load(paths, PREP)
     assert out.decoded == len(valid) - 3
     for p, img in zip(out.paths, out.images, strict=True):
@@ -282,7 +296,7 @@ def test_cache_info_and_clear(tmp_path: Path, zoo, monkeypatch, capsys) -> None:
 
     usage = cache_usage(root)
     pools = usage["parts"]["pixels"]["preprocessings"]
-    assert pools[PREP.key]["bytes"] == pool_file(cache).stat().st_size > 0
+    assert pools[PREP.key]["bytes"] == sum(f.stat().st_size for f in pool_file(cache).parent.iterdir()) > 0
     assert set(pools) == {PREP.key, Preprocessing(16).key}
     assert usage["parts"]["weights"] == {"bytes": 1000, "files": 1, "holds": "downloaded backbone weights",
                                          "rebuilt_automatically": False}
@@ -418,12 +432,13 @@ def test_interrupted_load_keeps_its_finished_chunks_and_leaves_no_unindexed_rows
     monkeypatch.setattr(cache_module, "decode_file", real)
     # a killed writer's tail: bytes appended but never indexed
     with open(pool_file(cache), "ab") as fh:
-        fh.write(os.urandom(5 * 32 * 32 * 3 + 7))
+        fh.write(os.urandom(5 * 1000 + 7))
     again = cache.load(paths, PREP, workers=1)
     assert len(again.paths) == len(paths)
     assert again.decoded <= len(paths) - 32  # two finished chunks of 16 were reused, not decoded again
     distinct = len(set(again.hashes))
-    assert pool_file(cache).stat().st_size == distinct * 32 * 32 * 3
+    assert len(valid_index(pool_file(cache).parent)) == distinct
+    assert pool_file(cache).stat().st_size == indexed_bytes(cache)  # no unindexed bytes left
     for i in (0, len(paths) // 2, len(paths) - 1):
         assert np.array_equal(again.images[i], expected(again.paths[i]))
 
@@ -477,7 +492,7 @@ def test_index_log_is_linear_folded_at_the_end_and_a_torn_line_is_never_read(tmp
     assert not (pool_dir / "index.log").exists() and (pool_dir / "index.json").is_file()
 
     (pool_dir / "index.log").write_text("torn 0")  # no newline: a kill in the middle of a line
-    assert "torn" not in cache._valid_index(pool_dir, PREP)
+    assert "torn" not in valid_index(pool_dir)
     again = cache.load(paths, PREP)
     for p, pixels in zip(again.paths, again.images, strict=True):
         assert np.array_equal(pixels, expected(p))

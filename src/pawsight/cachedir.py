@@ -5,7 +5,8 @@ command line and `data download --list` import it at start-up.
     .pawsight-folder           the mark: {"kind": "cache"}; only a marked folder is written into or cleared
     lock                       flock held while the cache's tables are written (cache.ImageCache) or cleared
     generation                 changes whenever pixels are cleared: row numbers read before mean nothing after
-    files.json, meta.json, pixels/   the decode cache (cache.py)
+    files.json, meta.json, pixels/   the decode cache (cache.py); pixels and features are capped together at
+                               PAWSIGHT_CACHE_MAX (cache_max), least recently used first out (cache.evict)
     features/, onnx/           computed features and exported backbones (features.py, backbones.py)
     weights/, datasets/        downloads (backbones.py, download.py)
 """
@@ -119,10 +120,35 @@ def cache_usage(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         sizes = [tree_size(root / n) for n in names if (root / n).exists() or (root / n).is_symlink()]
         parts[part] = {"bytes": sum(b for b, _ in sizes), "files": sum(f for _, f in sizes), "holds": what,
                        "rebuilt_automatically": part in REBUILT}
-    pools = sorted((root / "pixels").glob("*/pool.u8")) if (root / "pixels").is_dir() else []
-    parts["pixels"]["preprocessings"] = {
-        p.parent.name: {"bytes": p.stat().st_size} for p in pools}
-    return {"root": str(root), "bytes": sum(p["bytes"] for p in parts.values()), "parts": parts}
+    pools = sorted(p for p in (root / "pixels").iterdir() if p.is_dir()) if (root / "pixels").is_dir() else []
+    parts["pixels"]["preprocessings"] = {p.name: {"bytes": tree_size(p)[0]} for p in pools}
+    capped = parts["pixels"]["bytes"] + parts["features"]["bytes"]
+    return {"root": str(root), "bytes": sum(p["bytes"] for p in parts.values()), "parts": parts,
+            "cap": {"bytes": cache_max(), "used": capped, "covers": list(CAPPED),
+                    "setting": "PAWSIGHT_CACHE_MAX"}}
+
+
+CAPPED = ("pixels", "features")  # what PAWSIGHT_CACHE_MAX bounds (cache.evict); downloads are never evicted
+DEFAULT_CACHE_MAX = 10 * 2**30
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def cache_max() -> int:
+    """The cap on decoded pixels + computed features, in bytes: PAWSIGHT_CACHE_MAX ("10G", "500M", "2.5G",
+    plain bytes; K/M/G/T are powers of 1024, a trailing B or iB is allowed), default 10 GB. Why a default at
+    all: the cache grows with every collection it has seen, and nobody watches ~/.cache."""
+    text = os.environ.get("PAWSIGHT_CACHE_MAX", "").strip()
+    if not text:
+        return DEFAULT_CACHE_MAX
+    value = text.upper().removesuffix("IB").removesuffix("B").strip()
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    try:
+        number = float(value[:-1] if unit else value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number != number or number == float("inf"):
+        raise PawsightError(f"PAWSIGHT_CACHE_MAX={text!r} is not a size; use e.g. 10G, 500M or 2000000000")
+    return int(number * _UNITS[unit])
 
 
 def clear_cache(parts: Sequence[str], root: str | os.PathLike[str] | None = None) -> int:

@@ -649,9 +649,10 @@ def _time_classical_pipeline(model: Any, X: np.ndarray, y: np.ndarray, seed: int
     """Seconds of the classical pipeline's fit (scaling, PCA, SVM with its calibration) at two row counts."""
     from sklearn.base import clone
 
+    from .cache import as_rows
     from .features import extract
 
-    F = extract(model.extractors_, np.ascontiguousarray(X))  # cached: computed by the fit just before
+    F = extract(model.extractors_, as_rows(X))  # cached: computed by the fit just before
     points = []
     for rows in (200, 600):
         Ft, yt = _tiled(F, y, rows, seed)
@@ -1006,7 +1007,7 @@ def cross_validate(data: PathLike, approach: str, params: dict[str, Any], *, see
     and features come from the caches, so the final training afterwards does not pay for them again."""
     from sklearn.model_selection import StratifiedKFold
 
-    from .cache import ImageCache
+    from .cache import ImageCache, take
     from .data import scan
     from .dedup import drop_duplicates as without_duplicates
     from .models.base import make_model
@@ -1022,8 +1023,8 @@ def cross_validate(data: PathLike, approach: str, params: dict[str, Any], *, see
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     for fit_idx, test_idx in splits[:1] if holdout else splits:
         model = make_model(approach, seed=seed, **params)
-        model.fit(X[fit_idx], y[fit_idx], classes=ds.classes)
-        proba[test_idx] = model.predict_proba(X[test_idx])
+        model.fit(take(X, fit_idx), y[fit_idx], classes=ds.classes)  # lazy rows: read batch by batch
+        proba[test_idx] = model.predict_proba(take(X, test_idx))
     scored = ~np.isnan(proba[:, 0])
     p, t = proba[scored], y[scored]
     return {"cv_accuracy": round(float((p.argmax(1) == t).mean()), 4),

@@ -561,6 +561,11 @@ def cache_command(args: argparse.Namespace) -> int:
         print(f"  {part:<9} {u['bytes'] / 2**20:9.1f} MB  {u['files']:6d} files  {u['holds']}{note}")
         for key, p in u.get("preprocessings", {}).items():
             print(f"    {key:<40} {p['bytes'] / 2**20:9.1f} MB")
+    cap = usage["cap"]
+    used, limit = cap["used"] / 2**20, cap["bytes"] / 2**20
+    share = 100 * used / max(limit, 1)
+    print(f"cap: {' + '.join(cap['covers'])} use {used:.1f} MB of {limit:.0f} MB ({share:.0f}%; "
+          f"{cap['setting']} sets it; the least recently used go first)")
     return 0
 
 

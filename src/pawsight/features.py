@@ -37,6 +37,8 @@ from .progress import bar
 from .storage import RowStore
 from .system import default_workers
 
+STORE_ROWS = 2048  # pictures whose features are computed, then stored, at a time
+
 
 class Extractor:
     """One kind of feature. Subclasses set `name`, `version` and implement `extract_one`."""
@@ -254,7 +256,9 @@ class DaisyBoW(Extractor):
 
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(X), size=min(len(X), int(self.fit_images)), replace=False))
-        found = run_parallel(self._descriptors_only, X[pick], n_jobs, desc="daisy words",
+        from .cache import take
+
+        found = run_parallel(self._descriptors_only, take(X, pick), n_jobs, desc="daisy words",
                              backend=self.backend)
         descs = np.concatenate([d for d in found if len(d)] or [np.zeros((0, 104), np.float32)])
         if len(descs) < self.words:
@@ -349,31 +353,36 @@ def parse_features(text: str | list[str]) -> list[Extractor]:
 
 # -- computing many: parallel, cached --------------------------------------------------------------------
 
-def run_parallel(fn: Callable[[np.ndarray], Any], X: np.ndarray, n_jobs: int | None = None,
+def run_parallel(fn: Callable[[np.ndarray], Any], X: Any, n_jobs: int | None = None,
                  desc: str = "features", backend: str = "threading") -> list[Any]:
     """[fn(x) for x in X] on `n_jobs` workers (default: every core), in order, with a progress bar.
 
     Threads share X without copying and start instantly, and LBP's Cython loop releases the GIL; HOG and DAISY
     are mostly GIL-holding Python/NumPy steps, so they ask for processes (`Extractor.backend`, measured with
-    `./run.sh bench classical --engines`).
+    `./run.sh bench classical --engines`). `X` may be the decode cache's lazy PoolRows: batches are read as
+    the workers ask for them (joblib dispatches a generator a few batches ahead), so the pixels in memory
+    are a few batches, never the collection.
     """
     from joblib import Parallel, delayed
 
     n_jobs = int(n_jobs or default_workers())
     chunk = max(1, min(32, len(X) // (4 * n_jobs) or 1))
-    batches = [X[i:i + chunk] for i in range(0, len(X), chunk)]
+    starts = range(0, len(X), chunk)
 
-    def work(batch: np.ndarray) -> list[Any]:
-        return [fn(x) for x in batch]
+    def batch(i: int) -> np.ndarray:
+        return np.asarray(X[i:i + chunk], np.uint8)
+
+    def work(pixels: np.ndarray) -> list[Any]:
+        return [fn(x) for x in pixels]
 
     out: list[Any] = []
     with bar(total=len(X), desc=desc, unit="img") as progress_bar:
-        if n_jobs == 1 or len(batches) == 1:
-            results = map(work, batches)
+        if n_jobs == 1 or len(starts) == 1:
+            results: Any = (work(batch(i)) for i in starts)
         else:
             with interrupts_blocked_for_workers():  # the workers start here
-                results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
-                    delayed(work)(b) for b in batches)
+                results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator",
+                                   pre_dispatch="2*n_jobs")(delayed(work)(batch(i)) for i in starts)
         for part in results:
             out += part
             progress_bar.update(len(part))
@@ -396,9 +405,12 @@ def interrupts_blocked_for_workers():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def row_hashes(X: np.ndarray) -> list[str]:
-    """Content hash of each picture's pixels (blake2b: ~1 GB/s, so 1000 pictures of 128 px take ~50 ms)."""
-    return [hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).hexdigest() for x in X]
+def row_hashes(X: Any) -> list[str]:
+    """Feature-cache key of each picture: the pool's stable row key for the decode cache's PoolRows (nothing
+    decoded), else the blake2b of its pixels (~1 GB/s: 1000 pictures of 128 px take ~50 ms)."""
+    from .cache import row_keys
+
+    return row_keys(X)
 
 
 def feature_store(extractor: Extractor, root: str | Path | None = None) -> RowStore:
@@ -406,33 +418,47 @@ def feature_store(extractor: Extractor, root: str | Path | None = None) -> RowSt
     return RowStore(Path(root or default_cache_dir()) / "features" / "classical" / extractor.key)
 
 
-def compute(extractor: Extractor, X: np.ndarray, *, n_jobs: int | None = None, cache: bool | str = True,
+def compute(extractor: Extractor, X: Any, *, n_jobs: int | None = None, cache: bool | str = True,
             hashes: list[str] | None = None) -> tuple[np.ndarray, int]:
     """(features (n, d) float32 of `X` by one extractor, how many pictures had to be computed).
 
+    `X`: an (n, height, width, 3) uint8 array or the decode cache's lazy PoolRows (read batch by batch).
     `cache`: True reads and writes the feature cache, "read" only reads it (inference: nothing written),
-    False ignores it."""
-    X = np.asarray(X, dtype=np.uint8)
-    if X.ndim != 4 or X.shape[-1] != 3:
-        raise PawsightError(f"features take RGB pictures as an (n, height, width, 3) array, got {X.shape}")
+    False ignores it. Computed rows are stored every STORE_ROWS pictures, so an interrupted extraction keeps
+    what it finished."""
+    from .cache import take
+
+    if np.ndim(X) != 4 or np.shape(X)[-1] != 3:
+        raise PawsightError(f"features take RGB pictures as an (n, height, width, 3) array, got "
+                            f"{np.shape(X)}")
     store = feature_store(extractor) if cache else None
     keys = hashes if hashes is not None else (row_hashes(X) if store else [])
     found, missing = store.get(keys) if store else ({}, list(range(len(X))))
-    new = run_parallel(extractor.extract_one, X[missing], n_jobs, desc=f"{extractor.name} features",
-                       backend=extractor.backend) if missing else []
-    if store and missing and cache != "read":
-        store.put([keys[i] for i in missing], np.stack(new))
-    rows = dict(found)
-    rows.update(zip(missing, new, strict=True))
-    if not rows:
-        return np.zeros((0, len(extractor.extract_one(np.zeros(X.shape[1:], np.uint8)))), np.float32), 0
-    return np.stack([rows[i] for i in range(len(X))]).astype(np.float32), len(missing)
+    out: np.ndarray | None = None
+    if found:
+        out = np.zeros((len(X), len(next(iter(found.values())))), np.float32)
+        for i, row in found.items():
+            out[i] = row
+    todo = np.asarray(missing, np.int64)
+    for start in range(0, len(todo), STORE_ROWS):
+        part = todo[start:start + STORE_ROWS]
+        new = run_parallel(extractor.extract_one, take(X, part), n_jobs, desc=f"{extractor.name} features",
+                           backend=extractor.backend)
+        rows = np.stack(new).astype(np.float32)
+        if out is None:
+            out = np.zeros((len(X), rows.shape[1]), np.float32)
+        out[part] = rows
+        if store and cache != "read":
+            store.put([keys[i] for i in part], rows)
+    if out is None:  # no pictures: the extractor's width from a blank one
+        out = np.zeros((0, len(extractor.extract_one(np.zeros(np.shape(X)[1:], np.uint8)))), np.float32)
+    return out, len(missing)
 
 
-def extract(extractors: list[Extractor], X: np.ndarray, *, n_jobs: int | None = None,
+def extract(extractors: list[Extractor], X: Any, *, n_jobs: int | None = None,
             cache: bool | str = True) -> np.ndarray:
     """All extractors' features side by side: (n, sum of their dimensions) float32."""
-    hashes = row_hashes(np.asarray(X, np.uint8)) if cache else None
+    hashes = row_hashes(X) if cache else None
     parts = [compute(e, X, n_jobs=n_jobs, cache=cache, hashes=hashes)[0] for e in extractors]
     return np.concatenate(parts, axis=1)
 

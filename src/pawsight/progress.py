@@ -125,7 +125,10 @@ def _make(items: Iterable[Any] | None, total: int | None, desc: str, unit: str) 
     how = mode()
     if how == "lines":
         return StatusLines(items, total=total, desc=shown(desc), unit=unit, leave=False, interval=every())
-    return tqdm(items, total=total, desc=shown(desc), unit=unit, disable=how == "off", leave=False,
+    # One live bar at a time: a bar opened while another is live (feature extraction inside `predict`)
+    # stays silent, since a second bar moves the cursor with escape sequences; the outer bar shows progress.
+    nested = any(not getattr(b, "disable", True) for b in list(getattr(tqdm, "_instances", ())))
+    return tqdm(items, total=total, desc=shown(desc), unit=unit, disable=how == "off" or nested, leave=False,
                 dynamic_ncols=True)
 
 

@@ -16,6 +16,7 @@ Files are created with the user's umask (0644 usually), and a replaced file keep
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -191,6 +192,10 @@ class RowStore:
                 missing.append(i)
             else:
                 found[i] = np.array(shard[row])
+        for path, shard in shards.items():  # used now: the cache's size cap evicts the least recently used
+            if shard is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(path.with_suffix(".json"))
         return found, missing
 
     def put(self, keys: list[str], rows: np.ndarray) -> None:

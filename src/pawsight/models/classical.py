@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 
+from ..cache import as_rows, mirrored
 from ..errors import PawsightError, damaged_file_errors
 from ..features import Extractor, create_feature, extract, parse_features
 from ..images import Preprocessing
@@ -191,7 +192,7 @@ class ClassicalClassifier(ImageClassifier):
         self.block_widths_ = self._widths()
         groups = np.arange(len(y))
         if self.flip:
-            F = np.concatenate([F, self._extract(X[:, :, ::-1])])
+            F = np.concatenate([F, self._extract(mirrored(X))])
             y, groups = np.concatenate([y, y]), np.concatenate([groups, groups])
         self.timings_["extract"] = time.perf_counter() - t
         self.n_features_ = int(F.shape[1])
@@ -296,8 +297,7 @@ class ClassicalClassifier(ImageClassifier):
     def _extract(self, X: np.ndarray, cache: bool | str = True) -> np.ndarray:
         """Features of `X`; `cache="read"` uses cached features but writes none (inference)."""
         use = cache if self.cache_features else False
-        return extract(self.extractors_, np.ascontiguousarray(X, dtype=np.uint8), n_jobs=self.n_jobs,
-                       cache=use)
+        return extract(self.extractors_, as_rows(X), n_jobs=self.n_jobs, cache=use)
 
     def _proba(self, F: np.ndarray) -> np.ndarray:
         """Probabilities over all classes_, zero for classes that had no training pictures."""
@@ -313,7 +313,7 @@ class ClassicalClassifier(ImageClassifier):
         t = time.perf_counter()
         proba = self._proba(self._extract(X, cache))
         if self.tta:
-            proba = (proba + self._proba(self._extract(X[:, :, ::-1], cache))) / 2
+            proba = (proba + self._proba(self._extract(mirrored(X), cache))) / 2
         self.timings_ = {**getattr(self, "timings_", {}), "predict": time.perf_counter() - t}
         return proba
 

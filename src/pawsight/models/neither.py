@@ -29,7 +29,12 @@ K = 5             # neighbours averaged
 QUANTILE = 0.99   # of the cross-validated training distances
 MARGIN = 1.2      # room for other collections of the same classes
 FOLDS = 5
-MAX_BANK = 20000  # training features kept (evenly spaced beyond this)
+# Reference vectors kept in the model (k-means centroids of the training features beyond this): the model
+# file stays bounded whatever the training set (Lite0: ~13 MB of network + 2,500 x 1280 float32 = ~26 MB),
+# and scoring costs the same at 3,000 or 300,000 training pictures. Calibration (the cross-validated
+# distances) builds each fold's reference the same way, so the threshold is measured for the kind of
+# reference the model keeps. Measured effect: docs/neither.md ("A bounded reference").
+MAX_REFERENCE = 2500
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -47,9 +52,24 @@ def knn_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def reference_set(Z: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` unit vectors standing for the unit rows of `Z`: Z itself when it is small enough,
+    else the (re-normalised) centroids of `limit` k-means clusters. Why centroids rather than a sample: a
+    sparse sample leaves gaps, so held-out training pictures fall far from it, the calibrated threshold
+    widens and fewer pictures of other things are caught; centroids cover the whole cloud."""
+    if len(Z) <= limit:
+        return Z
+    from sklearn.cluster import MiniBatchKMeans
+
+    km = MiniBatchKMeans(n_clusters=limit, init="random", n_init=1, batch_size=4096, max_iter=20,
+                         random_state=seed, max_no_improvement=3)
+    return unit(km.fit(Z).cluster_centers_).astype(Z.dtype)
+
+
 def cross_validated_distances(Z: np.ndarray, y: np.ndarray, k: int, folds: int = FOLDS,
-                              seed: int = 0) -> np.ndarray:
-    """The distance of each training picture to the training pictures of the other folds."""
+                              seed: int = 0, limit: int | None = None) -> np.ndarray:
+    """The distance of each training picture to the training pictures of the other folds (to a reference
+    sampled from them at the final reference's density when the training set exceeds `limit`)."""
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y)
@@ -58,7 +78,10 @@ def cross_validated_distances(Z: np.ndarray, y: np.ndarray, k: int, folds: int =
     if folds < 2:
         return out
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(Z, y):
-        out[held] = knn_distance(Z[held], Z[fit], k)
+        bank = Z[fit]
+        if limit is not None and len(Z) > limit:  # the fold's reference, built like the final one
+            bank = reference_set(bank, max(1, round(limit * len(fit) / len(Z))), seed)
+        out[held] = knn_distance(Z[held], bank, k)
     return out
 
 
@@ -87,19 +110,28 @@ class NeitherScore(nn.Module):
 
 
 def fit_neither(features: np.ndarray, y: np.ndarray, seed: int = 0, k: int = K, quantile: float = QUANTILE,
-                margin: float = MARGIN) -> NeitherScore:
+                margin: float = MARGIN, limit: int | None = None) -> NeitherScore:
     """Fit the score on training features (one row per picture) and calibrate its threshold by
-    cross-validation on them (see the module docstring)."""
+    cross-validation on them (see the module docstring); at most `limit` (default MAX_REFERENCE) reference
+    vectors are kept.
+    Up to `limit` pictures this is exactly the unbounded score; beyond it, float32 arithmetic (half the
+    memory of float64 at 100,000 pictures) and a sampled reference."""
+    limit = int(MAX_REFERENCE if limit is None else limit)
+    bounded = len(features) > limit
     Z = unit(features)
+    if bounded:
+        Z = Z.astype(np.float32)
     y = np.asarray(y, np.int64)
-    cv = cross_validated_distances(Z, y, k, seed=seed)
+    cv = cross_validated_distances(Z, y, k, seed=seed, limit=limit if bounded else None)
     raw = float(np.quantile(cv, quantile)) * margin if cv.any() else 1.0
     raw = max(raw, 1e-6)
-    if len(Z) > MAX_BANK:
-        Z = Z[np.linspace(0, len(Z) - 1, MAX_BANK).astype(int)]
+    if bounded:
+        Z = reference_set(Z, limit, seed)
     stats = {"calibration": f"{quantile:.3g} quantile of {FOLDS}-fold cross-validated training distances "
                             f"x {margin:g}",
-             "cv_distance_quantiles": {str(q): round(float(np.quantile(cv, q)), 6) for q in (0.5, 0.9, 0.99)}}
+             "cv_distance_quantiles": {str(q): round(float(np.quantile(cv, q)), 6) for q in (0.5, 0.9, 0.99)},
+             "reference": (f"{len(Z)} k-means centroids of {len(features)} training pictures" if bounded
+                           else f"all {len(features)} training pictures")}
     return NeitherScore(Z, k, raw, 1.0, stats)
 
 

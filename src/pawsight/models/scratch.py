@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import as_rows
 from ..errors import PawsightError
 from ..images import Preprocessing
 from .base import ImageClassifier, read_model_files, write_model_files
@@ -186,7 +187,7 @@ class ScratchCNN(ImageClassifier):
         if np.ndim(X) != 4 or tuple(np.shape(X)[1:]) != (size, size, 3):
             raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
                                 f"{np.shape(X)}")
-        proba, score = run_module(self.inference_module(), np.asarray(X, np.uint8), batch_size=128)
+        proba, score = run_module(self.inference_module(), as_rows(X), batch_size=128)
         return proba, (score if getattr(self, "neither_", None) is not None else None)
 
     def inference_module(self):
@@ -265,8 +266,16 @@ class ScratchCNN(ImageClassifier):
 
 
 def channel_stats(X: np.ndarray, max_images: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of [0, 1] pixels, from an evenly spaced sample of the training pictures."""
+    """Per-channel mean and std of [0, 1] pixels, from an evenly spaced sample of the training pictures,
+    summed batch by batch (X may be the decode cache's lazy PoolRows: the sample is never held at once)."""
     step = max(1, len(X) // max_images)
-    sample = X[::step].reshape(-1, 3).astype(np.float32) / 255
-    mean, std = sample.mean(0), sample.std(0).clip(min=1e-3)
+    picks = np.arange(0, len(X), step)
+    total, squares, count = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(picks), 64):
+        pixels = np.asarray(X[picks[start:start + 64]]).reshape(-1, 3).astype(np.float64) / 255
+        total += pixels.sum(0)
+        squares += (pixels * pixels).sum(0)
+        count += len(pixels)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean * mean, 0)).clip(min=1e-3)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)

@@ -25,7 +25,6 @@ the file's SHA-256 and the backbone's weights hash, so a damaged or mixed-up mod
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -228,26 +227,32 @@ class TransferClassifier(ImageClassifier):
         return self.extractor_
 
     def _features(self, X: np.ndarray, flip: bool = False, cache: bool = True) -> np.ndarray:
-        """Backbone features of `X`, from the feature cache where possible (computed and stored otherwise;
-        with `cache=False` computed and nothing written, as inference promises)."""
-        X = np.asarray(X, dtype=np.uint8)
+        """Backbone features of `X` (an array or the decode cache's lazy PoolRows), from the feature cache
+        where possible (computed and stored otherwise; with `cache=False` computed and nothing written, as
+        inference promises). Pictures are read BATCH_ROWS at a time and each computed batch is stored as it
+        is done: memory holds the (n, d) features and one batch of pixels, never the whole collection, and an
+        interrupted extraction keeps what it finished."""
+        from ..cache import BATCH_ROWS, batches, row_keys, take
+
         size = self.preprocessing.size
-        if X.ndim != 4 or X.shape[1:] != (size, size, 3):
+        if np.ndim(X) != 4 or tuple(np.shape(X)[1:]) != (size, size, 3):
             raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
-                                f"{X.shape}")
-        if not cache:
-            return self._extractor()(X, flip=flip) if len(X) else np.zeros((0, self.spec_.num_features),
-                                                                             np.float32)
-        store = feature_store(self.spec_, self.preprocessing, flip)
-        keys = [hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest() for x in X]
-        found, missing = store.get(keys)
+                                f"{np.shape(X)}")
         out = np.zeros((len(X), self.spec_.num_features), np.float32)
+        if not cache:
+            for pos, pixels in batches(X):
+                out[pos] = self._extractor()(pixels, flip=flip)
+            return out
+        store = feature_store(self.spec_, self.preprocessing, flip)
+        keys = row_keys(X)
+        found, missing = store.get(keys)
         for i, row in found.items():
             out[i] = row
-        if missing:
-            new = self._extractor()(X[missing], flip=flip)
-            out[missing] = new
-            store.put([keys[i] for i in missing], new)
+        todo = np.asarray(missing, np.int64)
+        for pos, pixels in batches(take(X, todo), BATCH_ROWS * 4):
+            new = self._extractor()(pixels, flip=flip)
+            out[todo[pos]] = new
+            store.put([keys[i] for i in todo[pos]], new)
         return out
 
     def _views(self, X: np.ndarray, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
