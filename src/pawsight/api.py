@@ -208,9 +208,11 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
         t = time.perf_counter()
         blob = (out / GRAPH_FILE).read_bytes() if graph else None
         predictor = predictor_of(model, {**options, "approach": approach}, blob, name=str(out / GRAPH_FILE))
-        validation = {**score(predictor, va, ds.classes), "split": "validation",
+        result, unreadable = score(predictor, va.paths, va.labels.tolist(), ds.classes)
+        validation = {**result, "split": "validation",
                       "data": str(Path(data).resolve()),
-                      "run": str(out), "source": "training", "skipped": [s.to_dict() for s in va.skipped]}
+                      "run": str(out), "source": "training",
+                      "skipped": [s.to_dict() for s in va.skipped + unreadable]}
         metrics["validation"] = {k: validation[k] for k in VALIDATION_METRICS if k in validation}
         save_evaluation(out, validation)
         timings["evaluate"] = time.perf_counter() - t

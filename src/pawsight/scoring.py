@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from .cache import Decoded, ImageCache
+from .cache import ImageCache
 from .data import SPLITS, DataSet, Sample, Skip, scan
 from .errors import PawsightError
 from .evaluation import classification_metrics, picture_predictions
+from .progress import progress
 from .run import read_manifest, save_evaluation, sha256_many
 
 PathLike = str | os.PathLike[str]
@@ -49,10 +50,9 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
                             f"(model classes: {', '.join(classes)})")
     remap = {i: classes.index(c) for i, c in enumerate(ds.classes)}
     samples = [Sample(s.path, remap[s.label], s.split) for s in samples]
-    decoded = (cache or ImageCache()).load_samples(samples, model.preprocessing, desc="decoding")
-    result = score(model, decoded, classes)
+    result, unreadable = score(model, [s.path for s in samples], [s.label for s in samples], classes)
     result.update(split=used_split, selection=selection, data=str(Path(data).resolve()), run=str(run_dir),
-                  skipped=[s.to_dict() for s in ds.skipped + decoded.skipped])
+                  skipped=[s.to_dict() for s in ds.skipped + unreadable])
     result["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     result["saved"] = None
     if save and Path(run_dir).is_dir():
@@ -63,22 +63,42 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     return result
 
 
-def score(predictor: Any, decoded: Decoded, classes: list[str]) -> dict[str, Any]:
-    """Metrics, answers and per-picture predictions of decoded labelled pictures through `predictor` (an
-    inference.Predictor): the body of every evaluation, the one training saves included."""
-    from .inference import decide
+def score(predictor: Any, paths: list[PathLike], labels: list[int], classes: list[str]
+          ) -> tuple[dict[str, Any], list[Skip]]:
+    """(metrics, answers and per-picture predictions; the unreadable files) of labelled picture files through
+    `predictor` (an inference.Predictor): the body of every evaluation, the one training saves included.
+
+    The pictures are read from their files by `inference.predict_files`, exactly as `pawsight predict` reads
+    them (streamed, constant memory), never from the decode cache, whose working-size copies are
+    compressed for training: an evaluation's answers are predict's answers, to the last digit."""
+    from .inference import predict_files
 
     t = time.perf_counter()
-    proba, scores = (predictor.forward(decoded.images) if len(decoded.labels)
-                     else (np.zeros((0, len(classes))), None))
+    rows: list[list[float]] = []
+    scores: list[float | None] = []
+    answers: list[str] = []
+    kept: list[tuple[Path, int]] = []
+    unreadable: list[Skip] = []
+    results = predict_files(predictor, paths)
+    for (path, record, reason), y in zip(progress(results, total=len(paths), desc="evaluating", unit="img"),
+                                         labels, strict=True):
+        if record is None:
+            unreadable.append(Skip(str(path), str(reason)))
+            continue
+        kept.append((Path(path), int(y)))
+        rows.append([record["probabilities"][c] for c in classes])
+        scores.append(record["unknown_score"])
+        answers.append(record["label"])
     seconds_predict = time.perf_counter() - t
-    answers = decide(proba, classes, scores, predictor.threshold)
-    result = classification_metrics(decoded.labels, proba, classes, answers)
-    result.update(answered(answers, [classes[i] for i in decoded.labels]), threshold=predictor.threshold,
+    proba = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(classes))
+    y_true = np.asarray([y for _, y in kept], dtype=np.int64)
+    neither = None if not scores or scores[0] is None else np.asarray(scores, dtype=np.float64)
+    result = classification_metrics(y_true, proba, classes, answers)
+    result.update(answered(answers, [classes[i] for i in y_true]), threshold=predictor.threshold,
                   seconds={"predict": round(seconds_predict, 3)},
-                  predictions=picture_predictions(decoded.paths, decoded.labels, proba, classes, answers,
-                                                  scores))
-    return result
+                  predictions=picture_predictions([p for p, _ in kept], y_true, proba, classes, answers,
+                                                  neither))
+    return result, unreadable
 
 
 def answered(answers: list[str], truth: list[str]) -> dict[str, Any]:
