@@ -35,7 +35,8 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str | None = None,
     the labels it does give), `predictions` (one dict per picture: path, label, predicted (decide's answer),
     probabilities in the model's class order, unknown_score, loss = -log p(true class)) and `saved`: the
     file under RUN/evaluations/ it was saved to (None with `save=False`, for an .onnx file, or when the run
-    directory cannot be written: then `save_error` says why).
+    directory cannot be written: then `save_error` says why). `cache` is accepted for compatibility and not
+    used: an evaluation reads the picture files, as predict does (see `score`).
     """
     from .inference import load as load_predictor
 
