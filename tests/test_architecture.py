@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, set[str]]] = [
                 "models.classical", "models.transfer", "models.scratch", "models.neither", "models.deep"}),
     ("waist", {"run", "inference", "scoring"}),
     ("surfaces", {"api", "export", "predict", "inspect", "download", "choose", "report", "report.plots",
-                  "report.explain", "report.html", "serve", "serve.app"}),
+                  "report.explain", "report.html", "serve", "serve.app", "issues", "issues.quality",
+                  "issues.labels", "issues.find", "issues.output", "issues.command"}),
     ("entry points", {"cli", "__main__", ""}),  # "" is the package itself: its lazy API loads api
 ]
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}

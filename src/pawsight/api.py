@@ -56,8 +56,11 @@ def default_run_dir(approach: str) -> Path:
 def train(data: PathLike, approach: str = "transfer", out: PathLike | None = None, *, seed: int = 0,
           val_fraction: float = 0.2, drop_duplicates: bool = False, resume: bool = False,
           overwrite: bool = False, cache: ImageCache | None = None, per_class: int | None = None,
-          **params: Any):
+          exclude: PathLike | None = None, **params: Any):
     """Train a model of `approach` on the data folder `data`, write the run directory `out`.
+
+    `exclude`: a CSV written by `pawsight data issues` (rows with exclude=yes) or any list of paths: those
+    pictures are left out of training and validation, and run.json lists them (data.excluded).
 
     `per_class`: train on at most that many pictures per class (a seeded subset of the training split,
     nested across sizes; the validation split is unchanged), as `pawsight compare` does for learning curves.
@@ -76,12 +79,25 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
         previous = resume_settings(out)
         approach, seed, val_fraction = previous["approach"], previous["seed"], previous["val_fraction"]
         drop_duplicates = previous["drop_duplicates"]
+        exclude = previous.get("exclude") if exclude is None else exclude
         params = {k: v for k, v in {**previous["params"], **params}.items() if k != "seed"}  # seed: below
     check_out_vs_data(out, Path(data))
     model = make_model(approach, seed=seed, **params) if "seed" in _accepted(approach) else \
         make_model(approach, **params)
     model.preprocessing  # noqa: B018 - resolves the model by name: a bad --model fails before --out is made
+    if exclude is not None and not Path(exclude).is_file():  # before any work: a typo is one line at once
+        raise PawsightError(f"--exclude {shown(exclude)}: no such file (give the CSV `pawsight data issues` "
+                            "wrote, or a list of paths)")
     ds = scan(data, val_fraction=val_fraction, seed=seed)
+    excluded: list[dict[str, str]] = []
+    if exclude is not None:
+        from .issues.output import without_excluded
+
+        ds, excluded, absent = without_excluded(ds, exclude, data)
+        if main:
+            print(f"excluding {len(excluded)} picture(s) listed in {shown(exclude)}"
+                  + (f" ({absent} listed picture(s) are not in {shown(data)})" if absent else ""),
+                  file=sys.stderr)
     if per_class is not None:
         ds = replace(ds, samples=per_class_subset(ds.samples, per_class, seed))
     if not ds.split("train"):
@@ -103,7 +119,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
         out.mkdir(parents=True, exist_ok=True)
     try:
         return _train(model, ds, data, out, approach, seed, val_fraction, drop_duplicates, cache, main, t0,
-                      per_class=per_class)
+                      per_class=per_class,
+                      exclude=(str(Path(exclude).resolve()), excluded) if exclude is not None else None)
     except Exception as exc:
         if main and created and not (out / "run.json").exists() and lock is not None:
             lock.release(remove=True)  # failed before writing anything: leave no empty run folder behind
@@ -146,7 +163,7 @@ def thin_validation(counts: dict[str, int], validated: bool) -> list[str]:
 
 def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: int, val_fraction: float,
            drop_duplicates: bool, cache: ImageCache | None, main: bool, t0: float,
-           per_class: int | None = None):
+           per_class: int | None = None, exclude: tuple[str, list[dict[str, str]]] | None = None):
     timings: dict[str, float] = {}
     prep = model.preprocessing
     from .inference import UNKNOWN
@@ -161,7 +178,8 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     # settings; replaced when done.
     options = {"approach": approach, "classes": ds.classes, "seed": seed, "val_fraction": val_fraction,
                "drop_duplicates": drop_duplicates, "params": _jsonable(model.get_params()),
-               "preprocessing": prep.to_dict(), **({"per_class": per_class} if per_class is not None else {})}
+               "preprocessing": prep.to_dict(), **({"per_class": per_class} if per_class is not None else {}),
+               **({"exclude": exclude[0]} if exclude else {})}
     if main:
         write_run_info(out, {**options, "status": "training", "data": {"root": str(Path(data).resolve())}})
     cache = cache or ImageCache()
@@ -226,7 +244,8 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
                                else {})},
                  "skipped": [s.to_dict() for s in ds.skipped + tr.skipped + va.skipped],
                  "ignored": [s.to_dict() for s in ds.ignored],
-                 "dropped_duplicates": dropped},
+                 "dropped_duplicates": dropped,
+                 **({"excluded": exclude[1]} if exclude else {})},
         "metrics": metrics, "timings": {k: round(v, 3) for k, v in timings.items()}, **graph,
         # validation accuracy against training size, measured while the features were at hand (classical,
         # frozen transfer): the report draws it and never retrains

@@ -887,7 +887,7 @@ def auto_candidates(include_finetune: bool = True) -> list[Recipe]:
 
 def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: float = 600.0, seed: int = 0,
                val_fraction: float = 0.2, drop_duplicates: bool = False, overwrite: bool = False,
-               candidates: list[Recipe] | None = None, folds: int = 3,
+               exclude: PathLike | None = None, candidates: list[Recipe] | None = None, folds: int = 3,
                say: Callable[[str], None] = lambda _: None) -> tuple[Any, dict[str, Any]]:
     """Score candidate recipes by `folds`-fold cross-validation on the training split (the validation split
     is never looked at), cheapest first and only while the estimated cost fits in `time_budget`; train the
@@ -941,7 +941,7 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
         t = time.perf_counter()
         entry.update(cross_validate(data, r.approach, params, seed=seed, val_fraction=val_fraction, folds=k,
                                     holdout=r.kwargs.get("mode") == "finetune",
-                                    drop_duplicates=drop_duplicates))
+                                    drop_duplicates=drop_duplicates, exclude=exclude))
         entry["seconds"] = round(time.perf_counter() - t, 2)
         entry["final_estimate"] = final
         entry["status"] = "scored"
@@ -961,7 +961,8 @@ def auto_train(data: PathLike, out: PathLike | None = None, *, time_budget: floa
         say(f"the time budget ({_dur(time_budget)}) allows no cross-validation; training the fastest "
             f"candidate, {best['recipe']} (estimated {_dur(fastest[2])})")
     model, info = api.train(data, best["approach"], out, seed=seed, val_fraction=val_fraction,
-                            drop_duplicates=drop_duplicates, overwrite=overwrite, **best["params"])
+                            drop_duplicates=drop_duplicates, overwrite=overwrite, exclude=exclude,
+                            **best["params"])
     if not info:
         return model, info
     info = read_run_info(out)
@@ -1000,7 +1001,7 @@ def cv_cost(r: Recipe, cal: Calibration, n_train: int, folds: int) -> float | No
 
 def cross_validate(data: PathLike, approach: str, params: dict[str, Any], *, seed: int = 0,
                    val_fraction: float = 0.2, folds: int = 3, holdout: bool = False,
-                   drop_duplicates: bool = False) -> dict[str, Any]:
+                   drop_duplicates: bool = False, exclude: PathLike | None = None) -> dict[str, Any]:
     """Stratified `folds`-fold cross-validation of one recipe on the training split only (with `holdout`:
     the first fold only, for recipes too slow to fit k times), on the pictures the final training will use
     (`drop_duplicates` as in `train`: otherwise a copy in another fold flatters the score). Decoded pixels
@@ -1013,6 +1014,10 @@ def cross_validate(data: PathLike, approach: str, params: dict[str, Any], *, see
     from .models.base import make_model
 
     ds = scan(data, val_fraction=val_fraction, seed=seed)
+    if exclude is not None:  # the pictures the final training leaves out are left out of its choice too
+        from .issues.output import without_excluded
+
+        ds = without_excluded(ds, exclude, data)[0]
     prep = make_model(approach, **params).preprocessing
     cache = ImageCache()
     if drop_duplicates:

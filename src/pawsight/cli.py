@@ -96,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of each class held out for validation, as train would split (default 0.2)")
     ins.add_argument("--seed", type=cli_type("seed"), default=0,
                      help="seed of that split, as for train (default 0)")
+    iss = dsub.add_parser("issues", help="likely wrong labels, outliers, bad pictures and copies, before "
+                                         "training (a ranked list, a CSV for train --exclude, a gallery)")
+    iss.add_argument("data", type=Path, help="folder of class sub-folders (or train/ validation/ splits)")
+    iss.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    iss.add_argument("--csv", type=Path, default=None,
+                     help="flagged pictures to write, editable, for train --exclude "
+                          "(default: DATA-issues.csv here)")
+    iss.add_argument("--html", type=Path, default=None,
+                     help="gallery of the flagged pictures to write (default: DATA-issues.html here)")
+    iss.add_argument("--model", default=None,
+                     help="pretrained backbone whose features judge labels and outliers "
+                          "(default: the default transfer model, so training reuses them)")
+    iss.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2,
+                     help="share of each class held out for validation, as train would split (default 0.2)")
+    iss.add_argument("--seed", type=cli_type("seed"), default=0,
+                     help="seed of that split and of the cross-validation folds (default 0)")
     dl = dsub.add_parser("download", help="download a standard data set (e.g. cats-vs-dogs)",
                          epilog="Downloads resume after an interruption and are checked (size, SHA-256). "
                                 "Set PAWSIGHT_DATASETS_URL=http://host/path/ to fetch the archives from a "
@@ -122,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-fraction", type=cli_type("val_fraction"), default=0.2,
                     help="share of pictures held out for validation when DATA is not pre-split: 0 <= F < 1; "
                          "0 trains on every picture and reports no validation accuracy (default: 0.2)")
+    tr.add_argument("--exclude", type=Path, default=None, metavar="CSV",
+                    help="leave out the pictures listed in CSV (the file `pawsight data issues` writes, rows "
+                         "with exclude=yes; or any list of paths); the run records what was left out")
     tr.add_argument("--drop-duplicates", action="store_true",
                     help="drop duplicate pictures, conflicting labels and train/validation leaks "
                          "before training")
@@ -350,6 +369,10 @@ def run_command(args: argparse.Namespace) -> int:
             from .inspect import inspect_command
 
             return inspect_command(args)
+        if args.data_command == "issues":
+            from .issues.command import issues_command
+
+            return issues_command(args)
         from .download import download_command
 
         return download_command(args)
@@ -388,7 +411,7 @@ def train_command(args: argparse.Namespace) -> int:
         args.run_dir = args.out if args.out is not None else default_run_dir(approach)
         _, info = train(args.data, approach=approach, out=args.run_dir, seed=args.seed,
                         val_fraction=args.val_fraction, drop_duplicates=args.drop_duplicates,
-                        overwrite=args.overwrite, **params)
+                        overwrite=args.overwrite, exclude=args.exclude, **params)
     if not info:  # a non-zero rank under torchrun: rank 0 reports
         return EXIT_OK
     if args.json:
@@ -506,7 +529,7 @@ def auto_train_command(args: argparse.Namespace, params: dict[str, Any]) -> tupl
     model, info = auto_train(args.data, args.out, time_budget=params.get("time_budget") or 600.0,
                              seed=args.seed, val_fraction=args.val_fraction,
                              drop_duplicates=args.drop_duplicates, overwrite=args.overwrite,
-                             say=lambda line: print(line, file=sys.stderr))
+                             exclude=args.exclude, say=lambda line: print(line, file=sys.stderr))
     if info and not args.json:
         auto = info["auto"]
         print("candidates (cross-validated on the training split):")

@@ -253,6 +253,10 @@ class DuplicateReport:
         """Groups whose copies carry different labels (in any split)."""
         return [d for d in map(self.describe, self.groups) if d["conflicting_labels"]]
 
+    def kept(self, g: DuplicateGroup) -> int:
+        """The member of a group that stays: the training copy when there is one, then the first path."""
+        return min(g.members, key=lambda i: (SPLITS.index(self.samples[i].split), str(self.samples[i].path)))
+
     def to_drop(self) -> dict[int, str]:
         """Sample index -> why it goes: one copy per group stays, conflicting groups go entirely."""
         drop: dict[int, str] = {}
@@ -263,8 +267,7 @@ class DuplicateReport:
                 for i in g.members:
                     drop[i] = f"{g.kind} copies carry conflicting labels ({names})"
                 continue
-            keep = min(g.members, key=lambda i: (SPLITS.index(self.samples[i].split),
-                                                 str(self.samples[i].path)))
+            keep = self.kept(g)
             for i in g.members:
                 if i != keep:
                     s = self.samples[i]

@@ -587,7 +587,7 @@ def resume_settings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {"approach": info["approach"], "seed": info.get("seed", 0),
             "val_fraction": info.get("val_fraction", 0.2),
             "drop_duplicates": bool(info.get("drop_duplicates", False)),
-            "params": info.get("params", {}), "data": data.get("root")}
+            "params": info.get("params", {}), "data": data.get("root"), "exclude": info.get("exclude")}
 
 
 # -- the record of what a run saw and said: manifest, evaluations, history ----------------------------------

@@ -220,6 +220,7 @@ class RowStore:
 PNG_SOFTWARE = "pawsight"  # the PNG "Software" text chunk of every PNG pawsight draws
 PNG_MARKER = b"Software\x00" + PNG_SOFTWARE.encode()
 HTML_MARKER = b'<meta name="generator" content="pawsight">'
+CSV_MARKER = b"# written by pawsight"  # the first line of a CSV pawsight writes for the user to edit
 ONNX_MARKER = b"\x12\x08pawsight"  # producer_name "pawsight", serialized near the start of every export
 FOLDER_MARK = ".pawsight-folder"  # JSON {"kind": ...} in every folder pawsight owns (not run directories)
 

@@ -361,6 +361,17 @@ class TransferClassifier(ImageClassifier):
         return model
 
 
+def pretrained_features(X: Any, model: str = DEFAULT_BACKBONE) -> np.ndarray:
+    """Features of the pretrained backbone `model` (no head) for decoded pictures `X` at its preprocessing,
+    through the same feature cache as frozen transfer training: checking a collection (`data issues`) and
+    then training on it computes them once."""
+    from ..backbones import create_backbone
+
+    clf = TransferClassifier(model=model)
+    clf.net_, clf.spec_ = create_backbone(model)
+    return clf._features(X)
+
+
 class FinetuneNet(nn.Module):
     """Backbone + linear head initialised from the linear probe; BatchNorm stays in eval mode throughout.
 
@@ -395,28 +406,15 @@ def fit_linear_head(feats: np.ndarray, y: np.ndarray, n_classes: int, groups: np
     """Multinomial logistic regression on standardised features, C by grouped stratified k-fold CV (log-loss)
     on the training rows only; returned as one (n_classes, d) weight matrix + bias acting on raw features."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
 
     mean = feats.mean(axis=0)
     scale = feats.std(axis=0) + 1e-6
     Z = (feats - mean) / scale
-    counts = np.bincount(y, minlength=n_classes)
-    folds = int(min(5, counts[counts > 0].min()))
     best_C, cv_accuracy = 1.0, float("nan")
-    if folds >= 2:
-        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        splits = list(cv.split(Z, y, groups))
-        losses = []
-        for C in C_GRID:
-            loss, correct = 0.0, 0
-            for tr, te in splits:
-                clf = LogisticRegression(C=C, max_iter=1000, tol=1e-4).fit(Z[tr], y[tr])
-                proba = _full_proba(clf, Z[te], n_classes)
-                loss += float(-np.log(np.clip(proba[np.arange(len(te)), y[te]], 1e-12, 1)).sum())
-                correct += int((proba.argmax(1) == y[te]).sum())
-            losses.append((loss, correct / len(y)))
-        best = int(np.argmin([loss for loss, _ in losses]))
-        best_C, cv_accuracy = float(C_GRID[best]), losses[best][1]
+    chosen = cross_validated_head(Z, y, n_classes, groups, seed)
+    if chosen is not None:
+        best_C, proba = chosen
+        cv_accuracy = float((proba.argmax(1) == y).mean())
     clf = LogisticRegression(C=best_C, max_iter=2000, tol=1e-5).fit(Z, y)
     coef = np.zeros((n_classes, Z.shape[1]))
     intercept = np.zeros(n_classes)
@@ -431,6 +429,34 @@ def fit_linear_head(feats: np.ndarray, y: np.ndarray, n_classes: int, groups: np
     weight = coef / scale
     bias = intercept - weight @ mean
     return weight.astype(np.float32), bias.astype(np.float32), best_C, cv_accuracy
+
+
+def cross_validated_head(Z: np.ndarray, y: np.ndarray, n_classes: int, groups: np.ndarray | None = None,
+                         seed: int = 0) -> tuple[float, np.ndarray] | None:
+    """(C, out-of-sample probabilities) of the logistic-regression head on standardised features `Z`: each row
+    predicted by the head fitted on the other folds of a grouped stratified k-fold split, at the C of C_GRID
+    with the lowest cross-validated log-loss. None when a class has fewer than two pictures. The head's choice
+    of C (fit_linear_head) and the label check (issues/labels.py) both use these numbers."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    counts = np.bincount(y, minlength=n_classes)
+    folds = int(min(5, counts[counts > 0].min()))
+    if folds < 2:
+        return None
+    groups = np.arange(len(y)) if groups is None else groups
+    splits = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(Z, y, groups))
+    best: tuple[float, float, np.ndarray] | None = None
+    for C in C_GRID:
+        proba = np.zeros((len(y), n_classes))
+        for tr, te in splits:
+            clf = LogisticRegression(C=C, max_iter=1000, tol=1e-4).fit(Z[tr], y[tr])
+            proba[te] = _full_proba(clf, Z[te], n_classes)
+        loss = float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1)).sum())
+        if best is None or loss < best[0]:
+            best = (loss, float(C), proba)
+    assert best is not None
+    return best[1], best[2]
 
 
 def _full_proba(clf: Any, Z: np.ndarray, n_classes: int) -> np.ndarray:
