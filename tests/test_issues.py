@@ -179,6 +179,33 @@ def test_cli_writes_csv_gallery_json_and_train_exclude(planted, tmp_path: Path) 
     assert info["exclude"] == str(edited.resolve())
 
 
+def test_gallery_in_a_browser_escapes_names_and_fetches_nothing(tiny: Path, tmp_path: Path) -> None:
+    from browser import browser_page
+
+    root = tmp_path / "pets"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((tiny / "train" / cls).glob("*.jpg"))[:12]:
+            shutil.copy(f, root / cls / f.name)
+    hostile = '<img src=x onerror=alert(1)>.jpg'
+    with Image.open(sorted((tiny / "train" / "cats").glob("*.jpg"))[0]) as im:
+        Image.fromarray((np.asarray(im.convert("RGB")) * 0.05).astype(np.uint8)).save(root / "cats" / hostile)
+    page_file = tmp_path / "gallery.html"
+    r = pawsight("data", "issues", root, "--html", page_file, "--csv", tmp_path / "f.csv")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = page_file.read_text()
+    assert hostile not in text and "&lt;img src=x onerror=alert(1)&gt;.jpg" in text
+    with browser_page(allow=("file:",)) as page:
+        page.goto(page_file.resolve().as_uri())
+        page.wait_for_load_state("load")
+        assert page.locator("h2#dark").is_visible()
+        assert page.locator("h2#dark + p + .gallery figure").count() == 1
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert widths and min(widths) > 0  # every thumbnail decoded
+        assert page.get_by_text(hostile, exact=False).first.is_visible()
+        assert page.problems == []  # no script ran (no dialog), nothing fetched
+
+
 def test_outputs_never_replace_a_users_file_or_write_into_the_data(planted, tmp_path: Path) -> None:
     root, _, _ = planted
     mine = tmp_path / "mine.csv"

@@ -33,8 +33,8 @@ KINDS = ("label", "outlier", *quality.KINDS, "conflict", "leak", "exact-duplicat
 EXPLAINED = {
     "label": "likely wrong label: cross-validated probabilities (frozen pretrained features) disagree with "
              "it (confident learning, cleanlab)",
-    "outlier": "of no class: far from every other picture of the collection (cross-validated neither score "
-               "above 1)",
+    "outlier": "of no class: far from every other picture of the collection (neither score against the "
+               "others above 1)",
     "conflict": "the same picture under different classes: at least one label is wrong",
     "leak": "the same picture in train and validation: validation accuracy is inflated",
     **{k: f"{k.replace('-', ' ')}: {v}" for k, v in quality.THRESHOLDS.items()},
@@ -69,8 +69,9 @@ def find_issues(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
         q = quality.measure(pixels)
         for j, i in enumerate(pos.tolist()):
             m = decoded.meta[i]
-            kinds[i] += quality.problems(q, j, int(m.get("width") or 0), int(m.get("height") or 0))
-            measures[i] = quality.scores(q, j)
+            width, height = int(m.get("width") or 0), int(m.get("height") or 0)
+            kinds[i] += quality.problems(q, j, width, height)
+            measures[i] = {**quality.scores(q, j), "width": width, "height": height}
     seconds["quality"] = time.perf_counter() - t
 
     t = time.perf_counter()

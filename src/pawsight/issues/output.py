@@ -50,7 +50,7 @@ def print_table(result: dict[str, Any], csv_path: Path | None, html_path: Path |
         print("no issues found")
     if csv_path is not None:
         print(f"\nflagged pictures: {shown(csv_path)} (edit the exclude column, then: "
-              f"pawsight train DATA --exclude {shown(csv_path)})")
+              f"pawsight train {shown(result['root'])} --exclude {shown(csv_path)})")
     if html_path is not None:
         print(f"gallery: {shown(html_path)}")
 
@@ -65,6 +65,8 @@ def _detail(r: dict[str, Any]) -> str:
         "bright": f"darkest 1% at {q['darkest']:.2f}",
         "blurry": f"sharpness {q['sharpness']:.2f}, detail {q['detail']:.2f}",
         "low-information": f"{q['entropy_bits']:.1f} bits",
+        "tiny": f"{q['width']}x{q['height']} px",
+        "odd-aspect": f"{q['width']}x{q['height']} px",
     }.get(kind, f"copy of {r['copy_of']}" if r.get("copy_of") else "")
     others = [k for k in r["kinds"][1:]]
     return shown(text + (f"; also {', '.join(others)}" if others else ""))
@@ -170,7 +172,8 @@ def gallery_html(result: dict[str, Any], decoded: Any) -> str:
                         f'<p>{esc(result["explained"][kind])}</p>'
                         f'<div class="gallery">{"".join(cards)}</div>{more}')
     body = "".join(sections) or "<p>No issues found.</p>"
-    extra = ".card{width:220px}.card img{width:200px;height:200px;object-fit:contain;background:#eee}"
+    extra = (".card{width:220px}.card img{width:200px;height:200px;object-fit:contain;background:#eee}"
+             ".card figcaption{word-break:normal}.card .note{word-break:break-all}")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{HTML_MARKER.decode()}'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>Issues in {esc(result['root'])}</title><style>{CSS}{extra}</style></head><body>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
     parts.append('<section id="summary"><h2>Data</h2>'
                  f"<p>Trained on <code>{esc(d.get('root', '?'))}</code> ({esc(d.get('layout', '?'))}). "
                  f"{len(skipped)} unreadable file(s) skipped, {len(dropped)} duplicate(s) dropped.</p>"
-                 + table(rows, ["class", *splits]))
+                 + _issues_line(info) + table(rows, ["class", *splits]))
     if skipped:
         parts.append(table([[s.get("path"), s.get("reason")] for s in skipped[:50]],
                            ["skipped file", "reason"]))
@@ -310,6 +311,22 @@ def render_page(run: str | Path, info: dict[str, Any], evaluation: dict[str, Any
                  + table(report_t, ["part", "seconds"]) + "</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _issues_line(info: dict[str, Any]) -> str:
+    """What `train --exclude` left out, or how to look for wrong labels, outliers and bad pictures in this
+    data (`pawsight data issues`), whose gallery shows each one."""
+    root = (info.get("data") or {}).get("root", "DATA")
+    excluded = (info.get("data") or {}).get("excluded")
+    command = f"pawsight data issues {shlex.quote(str(root))}"
+    if excluded is not None:
+        return (f"<p>{len(excluded)} picture(s) left out with <code>--exclude {esc(info.get('exclude', ''))}"
+                f"</code> (flagged by <code>{esc(command)}</code> or listed by hand); "
+                + (f"the first: {esc(', '.join(Path(e['path']).name for e in excluded[:5]))}." if excluded
+                   else "none of them was in the data.") + "</p>")
+    return (f'<p class="note">Wrong labels, pictures of other things, dark, blurry or tiny pictures: '
+            f"<code>{esc(command)}</code> finds them before training and shows them in a gallery; "
+            "<code>train --exclude</code> then leaves them out.</p>")
 
 
 def _answer_lists(evaluation: dict[str, Any]) -> list[str]:
