@@ -238,3 +238,24 @@ def test_auto_refuses_model_options_and_existing_runs(tiny: Path, tmp_path: Path
     (tmp_path / "b" / "run.json").write_text("{}")
     with pytest.raises(PawsightError, match="already holds a run"):
         choose.auto_train(tiny, tmp_path / "b", candidates=[FAST_CLASSICAL])
+
+
+def test_compare_page_says_which_approach_and_why() -> None:
+    rows = [choose.CompareRow("classical", None, 2000, 0.819, 60.0, 24.0, 5_000_000),
+            choose.CompareRow("transfer", None, 2000, 0.99, 17.0, 300.0, 13_000_000),
+            choose.CompareRow("transfer", 100, 200, 0.97, 8.0, 300.0, 13_000_000),
+            choose.CompareRow("scratch", 100, 200, None, None, None, None, note="skipped: time budget")]
+    assert choose.verdict(rows) == (
+        "transfer is the most accurate here: 99.0% on the validation pictures after training on 2000 "
+        "pictures "
+        "in 17 s; classical reached 81.9% on 2000 pictures in 60 s (17.1 points less).")
+    page = choose.compare_html(rows, {"data": "/d/pets", "seconds": 90.0, "time_budget": 600.0},
+                               {"accuracy-vs-size.png": b"png"})
+    assert 'id="verdict"' in page and "transfer is the most accurate here" in page
+    assert "accuracy-vs-size.png</figcaption>" not in page and "more pictures would still help" in page
+    assert "<th>note</th>" in page  # a skipped point says why
+    faster = [choose.CompareRow("a", None, 10, 0.9, 100.0, None, None),
+              choose.CompareRow("b", None, 10, 0.8, 10.0, None, None)]
+    assert choose.verdict(faster).endswith("(10.0 points less, but faster to train).")
+    plain = choose.compare_html(faster, {"data": "d", "seconds": 1, "time_budget": 9}, {})
+    assert "<th>note</th>" not in plain

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
-import html
 import io
 import math
 import os
@@ -348,36 +347,74 @@ def draw_compare(rows: list[CompareRow]) -> dict[str, bytes]:
     return out
 
 
+CHART_CAPTIONS = {
+    "accuracy-vs-size.png": "Validation accuracy against the number of training pictures: a line still "
+                            "rising at the right says more pictures would still help that approach.",
+    "accuracy-vs-time.png": "Validation accuracy against training time on this machine: what each minute of "
+                            "training buys.",
+}
+
+
+def verdict(rows: list[CompareRow]) -> str:
+    """One sentence a person can act on: the best approach at the largest training size every approach
+    reached, with its accuracy and time, against the runner-up (and the trade-off when the runner-up trains
+    faster)."""
+    done = [r for r in rows if r.accuracy is not None]
+    if not done:
+        return "No approach finished a training: nothing to recommend."
+    best_per_approach: dict[str, CompareRow] = {}
+    for r in done:  # each approach at its largest training size
+        old = best_per_approach.get(r.approach)
+        if old is None or r.n_train > old.n_train:
+            best_per_approach[r.approach] = r
+    ranked = sorted(best_per_approach.values(), key=lambda r: (-(r.accuracy or 0.0), r.train_seconds or 0.0))
+    top = ranked[0]
+    text = (f"{top.approach} is the most accurate here: {top.accuracy:.1%} on the validation pictures after "
+            f"training on {top.n_train} pictures in {top.train_seconds or 0:.0f} s")
+    if len(ranked) > 1:
+        second = ranked[1]
+        gap = 100 * ((top.accuracy or 0.0) - (second.accuracy or 0.0))
+        text += (f"; {second.approach} reached {second.accuracy:.1%} on {second.n_train} pictures in "
+                 f"{second.train_seconds or 0:.0f} s ({gap:.1f} points less")
+        if (second.train_seconds or 0) < (top.train_seconds or 0):
+            text += ", but faster to train"
+        text += ")"
+    return text + "."
+
+
 def compare_html(rows: list[CompareRow], result: dict[str, Any], charts: dict[str, bytes]) -> str:
-    """One self-contained page (charts embedded as data URLs; every name escaped)."""
-    e = html.escape
+    """One self-contained page in the report's style: a verdict sentence, the charts with captions in words,
+    the leaderboard (charts embedded as data URLs; every name escaped)."""
+    from .report.html import CSS, esc, table
+    from .storage import HTML_MARKER
+
+    notes = any(r.note for r in rows)
     head = ["approach", "per class", "pictures", "validation accuracy", "training s", "predict img/s",
-            "model MB", "note"]
+            "model MB", *(["note"] if notes else [])]
     body = []
     for r in leaderboard(rows) + [r for r in rows if r.accuracy is None]:
-        cells = [r.approach, r.size_label, str(r.n_train),
-                 "-" if r.accuracy is None else f"{r.accuracy:.1%}",
-                 "-" if r.train_seconds is None else f"{r.train_seconds:.1f}",
-                 "-" if r.images_per_second is None else f"{r.images_per_second:.0f}",
-                 "-" if r.model_bytes is None else f"{r.model_bytes / 1e6:.2f}", r.note]
-        body.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    images = "".join(f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
-                     f'{base64.b64encode(png).decode("ascii")}"><figcaption>{e(name)}</figcaption></figure>'
+        body.append([r.approach, r.size_label, r.n_train,
+                     "-" if r.accuracy is None else f"{r.accuracy:.1%}",
+                     "-" if r.train_seconds is None else round(r.train_seconds, 1),
+                     "-" if r.images_per_second is None else round(r.images_per_second),
+                     "-" if r.model_bytes is None else round(r.model_bytes / 1e6, 2),
+                     *([r.note] if notes else [])])
+    images = "".join(f'<figure style="width:auto"><img alt="{esc(CHART_CAPTIONS.get(name, name))}" '
+                     f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+                     f"<figcaption>{esc(CHART_CAPTIONS.get(name, name))}</figcaption></figure>"
                      for name, png in charts.items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pawsight compare: {e(Path(result['data']).name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}td:first-child{{text-align:left}}
-figure{{display:inline-block;margin:0 1em 1em 0}}</style></head><body>
-<h1>Which approach for {e(result['data'])}?</h1>
-<p>Each approach trained on the same growing, nested subsets of the training pictures (per class) and scored
-on the same validation pictures; {len([r for r in rows if r.accuracy is not None])} trainings in
-{result['seconds']:.0f} s (time budget {result['time_budget']:.0f} s).</p>
-<section id="charts">{images}</section>
-<section id="leaderboard"><h2>Leaderboard</h2><table><thead><tr>{''.join(f'<th>{e(h)}</th>' for h in head)}
-</tr></thead><tbody>{''.join(body)}</tbody></table></section>
-</body></html>
-"""
+    trained = len([r for r in rows if r.accuracy is not None])
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{HTML_MARKER.decode()}'
+            f"<title>pawsight compare: {esc(Path(result['data']).name)}</title><style>{CSS}</style>"
+            "</head><body>"
+            f"<h1>Which approach for {esc(result['data'])}?</h1>"
+            f'<p id="verdict"><b>{esc(verdict(rows))}</b></p>'
+            "<p>Each approach trained on the same growing, nested subsets of the training pictures (per "
+            f"class) and scored on the same validation pictures; {trained} trainings in "
+            f"{result['seconds']:.0f} s (time budget {result['time_budget']:.0f} s).</p>"
+            f'<section id="charts"><div class="gallery">{images}</div></section>'
+            f'<section id="leaderboard"><h2>Leaderboard</h2>{table(body, head)}</section>'
+            "</body></html>\n")
 
 
 # -- recipes, data, hardware ---------------------------------------------------------------------------------
