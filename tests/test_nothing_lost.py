@@ -193,6 +193,24 @@ def _cache_clear_user_folder(t: Path, tiny: Path, runs: dict[str, Path]):
     return ["cache", "clear", "--all"], None, {"PAWSIGHT_CACHE": str(u)}, u
 
 
+def _issues_csv_over_user_file(t: Path, tiny: Path, runs: dict[str, Path]):
+    u = user_files(t / "u", tiny, "issues.csv")
+    return ["data", "issues", str(tiny), "--csv", str(u / "issues.csv"), "--html", str(u / "g.html")], None, \
+        {}, u
+
+
+def _issues_html_inside_data(t: Path, tiny: Path, runs: dict[str, Path]):
+    d = t / "data"
+    shutil.copytree(tiny, d)
+    return ["data", "issues", str(d), "--csv", str(t / "i.csv"), "--html", str(d / "train" / "g.html")], \
+        None, {}, d
+
+
+def _issues_default_names_over_user_files(t: Path, tiny: Path, runs: dict[str, Path]):
+    u = user_files(t / "u", tiny, f"{tiny.name}-issues.csv", f"{tiny.name}-issues.html")
+    return ["data", "issues", str(tiny)], u, {}, u
+
+
 CASES: dict[str, tuple[str, Case, set[int]]] = {
     "inspect --sheet over a user file": ("data inspect", _inspect_sheet_exists, {2}),
     "inspect --sheet inside the data": ("data inspect", _inspect_sheet_in_data, {2}),
@@ -211,6 +229,9 @@ CASES: dict[str, tuple[str, Case, set[int]]] = {
     "export --out into another run": ("export", _export_into_another_run, {2}),
     "compare --overwrite into a user folder": ("compare", _compare_into_user_folder, {2}),
     "compare --out inside the data": ("compare", _compare_inside_data, {2}),
+    "issues --csv over a user file": ("data issues", _issues_csv_over_user_file, {2}),
+    "issues --html inside the data": ("data issues", _issues_html_inside_data, {2}),
+    "issues default names over user files": ("data issues", _issues_default_names_over_user_files, {0}),
     "cache clear --all of a user folder": ("cache clear", _cache_clear_user_folder, {2}),
 }
 # Commands that write nothing but the cache (and, for serve, nothing at all).
