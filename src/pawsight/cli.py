@@ -74,6 +74,9 @@ class Parser(argparse.ArgumentParser):
     usage is one `--help` away. Sub-command parsers inherit this class."""
 
     def error(self, message: str):  # type: ignore[override]
+        if "unrecognized arguments" in message and "--engine" in message:
+            message = ("--engine is an option of 'pawsight predict' only: the other commands (serve, train, "
+                       "evaluate, data ...) run on this machine")
         print(f"error: {shown(message)} (see '{shown(self.prog)} --help')", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
@@ -188,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "reads one path per line from stdin. Exit status 1 when a file was skipped.")
     pr.add_argument("run", type=Path, help="run directory or .onnx file")
     pr.add_argument("images", nargs="+", help="image files, folders, glob patterns, or - for paths on stdin")
-    pr.add_argument("--format", choices=["table", "json", "csv"], default=None,
-                    help="table (default), json (one object per line per picture) or csv")
+    pr.add_argument("--format", choices=["table", "json", "csv", "parquet"], default=None,
+                    help="table (default), json (one object per line per picture), csv, or parquet "
+                         "(with --out)")
     pr.add_argument("--json", action="store_true", help="same as --format json")
     pr.add_argument("--top-k", type=cli_type("top_k"), default=1,
                     help="also show the K most probable classes (at least 1)")
@@ -198,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the one calibrated when the run was trained)")
     pr.add_argument("--batch-size", type=cli_type("batch_size"), default=32,
                     help="pictures decoded and run together")
+    pr.add_argument("--out", type=Path, default=None, metavar="DIR",
+                    help="write the answers to DIR/predictions.jsonl (or .csv, .parquet with --format) "
+                         "instead of stdout")
+    pr.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local (default: this machine's cores) or ray (a Ray cluster, with Ray Data; "
+                         "needs pip install 'pawsight[ray]')")
+    pr.add_argument("--address", default=None, metavar="ADDR",
+                    help="--engine ray: the cluster's address, host:port (default: RAY_ADDRESS, else a "
+                         "local Ray started for the command)")
 
     ex = sub.add_parser("export", help="write a deep-learning run as one ONNX file (runs without PyTorch)",
                         epilog="The file holds the whole model (uint8 pictures in, probabilities and the "

@@ -4,6 +4,7 @@ Inputs are expanded lazily (folders walked with os.scandir as they are read, glo
 by line), read in batches by a thread pool while the model runs the previous batch on ONNX Runtime (both
 cores), and each batch's answers are written before the next is read: memory stays flat on a folder of a
 million files, and the first answers appear at once. Labels come from `inference.decide` like everywhere.
+`--engine ray` gives the same answers from a Ray cluster (ray_engine.py); `--out DIR` writes them to a file.
 """
 
 from __future__ import annotations
@@ -159,11 +160,110 @@ class Writer:
         print(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
 
 
+class ParquetWriter:
+    """The CSV columns as a typed Parquet table (`--format parquet --out DIR`), written in row groups as the
+    answers come; reasons for skipped files on stderr as for every format. Needs pyarrow (the ray extra)."""
+
+    ROWS = 4096
+
+    def __init__(self, classes: list[str], path: Path) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise PawsightError("--format parquet needs pyarrow: pip install pyarrow "
+                                "(or pip install 'pawsight[ray]', which brings it)") from None
+        self.pa, self.classes = pa, classes
+        f64, text = pa.float64(), pa.string()
+        self.schema = pa.schema([("path", text), ("label", text), ("closest", text), ("probability", f64),
+                                 *[(f"p_{c}", f64) for c in classes], ("unknown_score", f64),
+                                 ("unknown_threshold", f64), ("error", text)])
+        self.file = pq.ParquetWriter(str(path), self.schema)
+        self.rows: list[dict[str, Any]] = []
+
+    def answer(self, path: str, record: dict[str, Any]) -> None:
+        self.rows.append({"path": path, "label": record["label"], "closest": record["closest"],
+                          "probability": record["probability"],
+                          **{f"p_{c}": record["probabilities"][c] for c in self.classes},
+                          "unknown_score": record["unknown_score"],
+                          "unknown_threshold": record["unknown_threshold"], "error": None})
+        if len(self.rows) >= self.ROWS:
+            self.flush()
+
+    def skipped(self, path: str, reason: str) -> None:
+        self.rows.append({"path": path, "error": reason})
+        print(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
+        if len(self.rows) >= self.ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.file.write_table(self.pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+
+
+OUT_FILES = {"json": "predictions.jsonl", "csv": "predictions.csv", "parquet": "predictions.parquet"}
+
+
+class Output:
+    """Where the answers go: stdout, or with `--out DIR` one file in DIR (a folder pawsight marks as its own;
+    see storage.claim_folder), written under a temporary name and renamed when every answer is in."""
+
+    def __init__(self, fmt: str, classes: list[str], top_k: int, out: Path | None) -> None:
+        from .storage import claim_folder
+
+        self.out = out
+        self.writer: Any
+        self.final: Path | None = None
+        self.partial: Path | None = None
+        self.fh: TextIO | None = None
+        if out is None:
+            self.writer = Writer(fmt, classes, top_k, sys.stdout)
+            return
+        folder = claim_folder(out, "predictions")
+        self.final = folder / OUT_FILES[fmt]
+        self.partial = folder / f".{OUT_FILES[fmt]}.partial"
+        if fmt == "parquet":
+            self.writer = ParquetWriter(classes, self.partial)
+        else:
+            self.fh = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in finish
+            self.writer = Writer(fmt, classes, top_k, self.fh)
+
+    def finish(self, ok: bool) -> None:
+        if self.final is None or self.partial is None:
+            return
+        from .storage import fsync_dir, writing
+
+        with writing("the predictions", self.final):
+            if isinstance(self.writer, ParquetWriter):
+                self.writer.close()
+            if self.fh is not None:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+                self.fh.close()
+            if ok:
+                os.replace(self.partial, self.final)
+                fsync_dir(self.final.parent)
+            else:
+                self.partial.unlink(missing_ok=True)
+
+
 def predict_command(args: argparse.Namespace) -> int:
     from .inference import load
     from .progress import bar
 
-    fmt = "json" if args.json else (args.format or "table")
+    out, engine = getattr(args, "out", None), getattr(args, "engine", "local")
+    fmt = "json" if args.json else (args.format or ("json" if out is not None else "table"))
+    if fmt == "parquet" and out is None:
+        raise PawsightError("--format parquet writes a file: give --out DIR")
+    if fmt == "table" and out is not None:
+        raise PawsightError("--format table is for the terminal; with --out use json, csv or parquet")
+    if getattr(args, "address", None) and engine != "ray":
+        raise PawsightError("--address is the Ray cluster's address: add --engine ray")
     if args.images.count("-") > 1:
         raise PawsightError("'-' (paths on stdin) can be given only once")
     missing = [p for p in args.images if p != "-" and not os.path.lexists(p)
@@ -173,12 +273,25 @@ def predict_command(args: argparse.Namespace) -> int:
         what = ("no such file or folder" if not patterns else "no file matches" if patterns == len(missing)
                 else "no such file or folder, and no file matches the patterns")
         raise PawsightError(f"{what}: {', '.join(shown(p) for p in missing)}")
+    if out is not None:
+        from .storage import refuse_inside_data
+
+        refuse_inside_data(out, [p for p in args.images if p != "-" and Path(p).is_dir()])
     predictor = load(args.run, threshold=args.threshold)
-    writer = Writer(fmt, predictor.classes_, args.top_k, sys.stdout)
+    if engine == "ray":
+        from .ray_engine import predict_stream as ray_stream
+
+        stream = ray_stream(args.run, iter_inputs(args.images), threshold=args.threshold,
+                            batch_size=args.batch_size, address=args.address)
+    else:
+        stream = predict_stream(predictor, iter_inputs(args.images), args.batch_size)
+    sink = Output(fmt, predictor.classes_, args.top_k, out)
+    writer = sink.writer
     n_skipped = n_labelled = n_missing = 0
+    ok = False
     try:
         with bar(total=None, desc="predicting", unit="img") as progress:
-            for path, record, reason in predict_stream(predictor, iter_inputs(args.images), args.batch_size):
+            for path, record, reason in stream:
                 if record is None:
                     n_skipped += 1
                     n_missing += reason in (NO_MATCH, NO_SUCH_PATH)
@@ -187,14 +300,24 @@ def predict_command(args: argparse.Namespace) -> int:
                     n_labelled += 1
                     writer.answer(path, record)
                 progress.update(1)
-        sys.stdout.flush()
+        if out is None:
+            sys.stdout.flush()
+        ok = True
     except BrokenPipeError:  # `pawsight predict ... | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # the Ray engine disconnects (and stops the Ray it started) now, not at exit
+        if out is not None:
+            sink.finish(ok)
     if not n_labelled:  # nothing labelled is a usage error (exit 2), as for any other command
         where = ", ".join(shown(p) for p in args.images)
         if n_skipped and n_missing == n_skipped:
             raise PawsightError(f"no such file, and no file matches: {where}")
         raise PawsightError(f"none of the {n_skipped - n_missing} file(s) in {where} is a readable picture"
                             if n_skipped else f"no pictures found in {where}")
+    if out is not None:
+        print(f"wrote {n_labelled + n_skipped} answers to {shown(sink.final)}", file=sys.stderr)
     return EXIT_SKIPPED if n_skipped else EXIT_OK
