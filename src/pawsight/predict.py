@@ -304,12 +304,11 @@ def predict_command(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         ok = True
     except BrokenPipeError:  # `pawsight predict ... | head`: the reader has all it wants
+        stream.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()  # the Ray engine disconnects (and stops the Ray it started) now, not at exit
+        stream.close()  # the Ray engine disconnects (and stops the Ray it started) now, not at exit
         if out is not None:
             sink.finish(ok)
     if not n_labelled:  # nothing labelled is a usage error (exit 2), as for any other command

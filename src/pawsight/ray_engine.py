@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,13 @@ class Cluster:
         for name, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_DATA_LOG_LEVEL", "ERROR"),
                             ("RAY_BACKEND_LOG_LEVEL", "fatal")):
             os.environ.setdefault(name, value)
+        if local and "RAY_AUTH_MODE" not in os.environ:
+            # The Ray started for the command requires a token only this process and its children know:
+            # Ray would otherwise write one to ~/.ray/auth_token, which later `ray start`s would pick up.
+            import secrets
+
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         try:
             import ray
         except ImportError as exc:
@@ -152,6 +160,9 @@ class Cluster:
                                 f"{shown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
                                 ) from None
         self.owned = True
+        # Ray's driver prints cluster events ("A worker died ...") on sys.stdout, which holds the answers:
+        # they go to stderr while connected (predict's writer keeps the real stdout).
+        self.stdout, sys.stdout = sys.stdout, sys.stderr
         logging.getLogger("ray").setLevel(logging.WARNING)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
@@ -161,6 +172,8 @@ class Cluster:
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
+            sys.stdout = self.stdout
+            self.owned = False
         if self.temp is not None:
             import shutil
 
@@ -171,8 +184,6 @@ class _stderr_muted:  # noqa: N801 - used as a statement: `with _stderr_muted():
     """File descriptor 2 points at /dev/null inside the block (C++ code writes there directly)."""
 
     def __enter__(self) -> None:
-        import sys
-
         sys.stderr.flush()
         self.saved = os.dup(2)
         null = os.open(os.devnull, os.O_WRONLY)
