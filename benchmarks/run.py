@@ -2,7 +2,7 @@
 
     ./run.sh bench               every benchmark
     ./run.sh bench data          one of: data, classical, transfer, scratch, serve, report, choose, predict,
-                                 neither, dedup, scale, issues
+                                 neither, dedup, scale, issues, ray
 Extra arguments after the name are passed to that benchmark (see each bench_*.py's --help).
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 NAMES = ["data", "classical", "transfer", "scratch", "serve", "report", "choose", "predict", "neither",
-         "dedup", "scale", "issues"]
+         "dedup", "scale", "issues", "ray"]
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("waist", {"run", "inference", "scoring"}),
     ("surfaces", {"api", "export", "predict", "inspect", "download", "choose", "report", "report.plots",
                   "report.explain", "report.html", "serve", "serve.app", "issues", "issues.quality",
-                  "issues.labels", "issues.find", "issues.output", "issues.command"}),
+                  "issues.labels", "issues.find", "issues.output", "issues.command", "ray_engine"}),
     ("entry points", {"cli", "__main__", ""}),  # "" is the package itself: its lazy API loads api
 ]
 RANK = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}

@@ -13,7 +13,7 @@ Fault tolerance is Ray Data's: a killed actor is restarted and the batches it he
 pools default to `max_restarts=-1`, `max_task_retries=-1`); only a finished batch's answers reach the driver.
 
 The actors open the run folder and the pictures by path: on several machines both must be on a shared
-filesystem, mounted at the same path everywhere (docs/large-collections.md). Ray is imported only here, and
+filesystem, mounted at the same path everywhere (docs/distributed.md). Ray is imported only here, and
 only for `--engine ray`: `import pawsight` and the local engine never import it.
 """
 
