@@ -188,6 +188,18 @@ def _compare_inside_data(t: Path, tiny: Path, runs: dict[str, Path]):
         None, {}, d
 
 
+def _predict_out_into_user_folder(t: Path, tiny: Path, runs: dict[str, Path]):
+    u = user_files(t / "u", tiny, "predictions.jsonl")
+    return ["predict", str(runs["classical"]), str(tiny / "validation"), "--out", str(u)], None, {}, u
+
+
+def _predict_out_inside_the_data(t: Path, tiny: Path, runs: dict[str, Path]):
+    d = t / "data"
+    shutil.copytree(tiny, d)
+    return ["predict", str(runs["classical"]), str(d), "--out", str(d / "answers"), "--format", "csv"], \
+        None, {}, d
+
+
 def _cache_clear_user_folder(t: Path, tiny: Path, runs: dict[str, Path]):
     u = user_files(t / "u", tiny, "features/mine.npy", "pixels/raw.bin", "meta.json", "weights/w.pth")
     return ["cache", "clear", "--all"], None, {"PAWSIGHT_CACHE": str(u)}, u
@@ -233,9 +245,11 @@ CASES: dict[str, tuple[str, Case, set[int]]] = {
     "issues --html inside the data": ("data issues", _issues_html_inside_data, {2}),
     "issues default names over user files": ("data issues", _issues_default_names_over_user_files, {0}),
     "cache clear --all of a user folder": ("cache clear", _cache_clear_user_folder, {2}),
+    "predict --out into a user folder": ("predict", _predict_out_into_user_folder, {2}),
+    "predict --out inside the data": ("predict", _predict_out_inside_the_data, {2}),
 }
 # Commands that write nothing but the cache (and, for serve, nothing at all).
-READ_ONLY = {"predict", "serve", "advise", "cache info"}
+READ_ONLY = {"serve", "advise", "cache info"}
 
 
 def leaf_commands() -> set[str]:

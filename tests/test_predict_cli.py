@@ -116,3 +116,33 @@ def test_folders_are_walked_lazily(photos):
     walker = iter_inputs([str(photos)])
     assert not isinstance(walker, list | tuple)
     assert sorted(Path(p).name for p in walker) == ["a.jpg", "b.jpg", "c.jpg"]  # hidden file ignored
+
+
+def test_out_writes_the_answers_of_stdout_to_a_marked_folder(transfer_run, photos, tmp_path, capsys):
+    code, shown_json, _ = run(capsys, str(transfer_run), str(photos), "--format", "json")
+    out = tmp_path / "answers"
+    code, out_text, err = run(capsys, str(transfer_run), str(photos), "--out", str(out))  # json by default
+    assert code == EXIT_OK and out_text == ""
+    assert (out / "predictions.jsonl").read_text() == shown_json
+    assert err.strip() == f"wrote 3 answers to {out / 'predictions.jsonl'}"
+    _, shown_csv, _ = run(capsys, str(transfer_run), str(photos), "--format", "csv")
+    for _ in range(2):  # again into the same folder: pawsight's own folder, the file is replaced
+        assert run(capsys, str(transfer_run), str(photos), "--out", str(out), "--format", "csv")[0] == EXIT_OK
+    assert (out / "predictions.csv").read_bytes().decode() == shown_csv  # the CSV's own \r\n line ends
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".pawsight-folder", "predictions.csv", "predictions.jsonl"]  # no partial file left
+
+
+def test_out_mistakes_are_one_error_line(transfer_run, photos, tmp_path, capsys):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    for argv, says in [(["--format", "parquet"], "--format parquet writes a file: give --out DIR"),
+                       (["--out", str(tmp_path / "o"), "--format", "table"],
+                        "--format table is for the terminal"),
+                       (["--out", str(user)], "is not empty and was not made by pawsight"),
+                       (["--out", str(photos / "answers")], "is inside the data folder"),
+                       (["--address", "127.0.0.1:6379"], "add --engine ray")]:
+        code, out, err = run(capsys, str(transfer_run), str(photos), *argv)
+        assert code == EXIT_USAGE and out == "" and len(err.splitlines()) == 1 and says in err, err
+    assert [p.name for p in user.iterdir()] == ["notes.txt"] and not (photos / "answers").exists()
