@@ -7,9 +7,7 @@ installs it with the dev extra); the checks that ray stays out of `import pawsig
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.util
-import io
 import json
 import os
 import secrets
@@ -81,6 +79,18 @@ def command_line(p) -> str:
         return " ".join(p.cmdline())
     except psutil.Error:
         return ""
+
+
+def listening_addresses(procs: list) -> set[str]:
+    """The addresses the processes listen on (TCP and UDP)."""
+    import psutil
+
+    found = set()
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            found |= {c.laddr.ip for c in p.net_connections("inet")
+                      if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)}
+    return found
 
 
 def stop_cluster(temp_dir: str) -> None:
@@ -157,17 +167,11 @@ def assert_same_answers(local: list[dict], ray: list[dict]) -> None:
 
 @needs_ray
 def test_every_ray_process_listens_on_loopback_only(cluster) -> None:
-    import psutil
 
     _, temp_dir = cluster
     procs = cluster_processes(temp_dir)
     assert len([p for p in procs if p.name() == "raylet"]) == 2  # two nodes
-    listening = set()
-    for p in procs:
-        try:
-            listening |= {c.laddr.ip for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
-        except psutil.Error:
-            continue
+    listening = listening_addresses(procs)
     assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
 
@@ -187,24 +191,6 @@ def test_ray_gives_the_local_engines_answers(which, cluster, classical, transfer
         f"skipped {p}" for p in inputs[1:]]
     if which == "transfer":
         assert all(a["unknown_score"] is not None for a in answers if "error" not in a)
-
-
-@needs_ray
-def test_ray_writes_a_parquet_file_with_the_same_answers(cluster, classical, inputs, tmp_path) -> None:
-    import pyarrow.parquet as pq
-
-    local = predict(str(classical), *inputs, "--format", "csv")
-    ray = predict(str(classical), *inputs, "--format", "parquet", "--out", str(tmp_path / "out"),
-                  "--engine", "ray", "--address", cluster[0])
-    assert ray.returncode == 1 and ray.stdout == ""
-    table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
-    rows = list(csv.DictReader(io.StringIO(local.stdout)))
-    assert [r["path"] for r in table] == [r["path"] for r in rows]
-    for t, r in zip(table, rows, strict=True):
-        assert (t["label"] or "") == r["label"] and (t["error"] or "") == r["error"]
-        if not r["error"]:
-            assert t["p_cats"] == pytest.approx(float(r["p_cats"]), abs=1e-5)
-    assert ray.stderr.splitlines()[-1] == f"wrote 43 answers to {tmp_path / 'out' / 'predictions.parquet'}"
 
 
 @needs_ray
@@ -299,3 +285,51 @@ def test_import_pawsight_and_the_local_engine_do_not_import_ray(classical, tiny)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@needs_ray
+def test_without_an_address_a_private_loopback_ray_writes_parquet_and_leaves_nothing(classical, inputs,
+                                                                                     tmp_path) -> None:
+    """No --address, no RAY_ADDRESS: a Ray of the command's own, every process listening on 127.0.0.1 only,
+    with its token in memory (nothing written to ~/.ray), its folder removed and its processes gone at the
+    end; its answers, written as Parquet with --out, are the local engine's."""
+    import psutil
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "home"
+    home.mkdir()
+    scratch = tempfile.mkdtemp(prefix="pr-", dir="/tmp")  # TMPDIR: where its private folder goes (short)
+    environ = {k: v for k, v in env().items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    environ.update(HOME=str(home), TMPDIR=scratch)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "pawsight", "predict", str(classical), *inputs,
+                                 "--engine", "ray", "--format", "parquet", "--out", str(tmp_path / "out")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+        listening, names = set(), set()
+        while proc.poll() is None:
+            procs = cluster_processes(scratch)
+            listening |= listening_addresses(procs)
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    names.add(p.name())
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=60)
+        local = predict(str(classical), *inputs, "--format", "json")
+        assert proc.returncode == local.returncode == 1 and out == ""
+        parquet = tmp_path / "out" / "predictions.parquet"
+        assert err.splitlines() == [*local.stderr.splitlines(), f"wrote 43 answers to {parquet}"]
+        table = pq.read_table(parquet).to_pylist()
+        answers = [json.loads(x) for x in local.stdout.splitlines()]
+        assert [t["path"] for t in table] == [a["path"] for a in answers]
+        for t, a in zip(table, answers, strict=True):
+            assert t["label"] == a.get("label") and t["error"] == a.get("error")
+            for c in ("cats", "dogs"):
+                expected = None if "error" in a else pytest.approx(a["probabilities"][c], abs=1e-5)
+                assert t[f"p_{c}"] == expected
+        assert "raylet" in names and listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+        assert list(home.iterdir()) == [] and list(Path(scratch).iterdir()) == []
+        time.sleep(1)
+        assert [p.pid for p in cluster_processes(scratch)] == []
+    finally:
+        stop_cluster(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
