@@ -194,6 +194,33 @@ def test_ray_gives_the_local_engines_answers(which, cluster, classical, transfer
 
 
 @needs_ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, raised inside ray (in-process)
+def test_chunks_keep_the_input_order_and_relative_paths_are_read_where_the_driver_is(
+        cluster, classical, inputs, tiny, monkeypatch) -> None:
+    """The driver hands Ray its inputs CHUNK (20,000) at a time; with chunks of 25 the 43 inputs make two
+    Ray datasets: the answers still come in input order across the chunk edge and the skipped files, and
+    relative paths (run and pictures) are those of the driver's folder, not of the actors'."""
+    from pawsight import inference
+    from pawsight.predict import iter_inputs
+    from pawsight.predict import predict_stream as local_stream
+    from pawsight.ray_engine import predict_stream
+
+    monkeypatch.chdir(tiny)
+    for name, value in env().items():
+        if name.startswith("RAY_"):
+            monkeypatch.setenv(name, value)
+    items = ["validation", *inputs[1:]]
+    run = os.path.relpath(classical, tiny)
+    expected = list(local_stream(inference.load(run), iter_inputs(items)))
+    got = list(predict_stream(Path(run), iter_inputs(items), address=cluster[0], chunk=25))
+    assert [(path, reason) for path, _, reason in got] == [(path, reason) for path, _, reason in expected]
+    assert got[0][0].startswith("validation/") and sum(reason is not None for *_, reason in got) == 3
+    for (_, a, _), (_, b, _) in zip(expected, got, strict=True):
+        assert (a is None and b is None) or (a["label"] == b["label"] and b["probabilities"] == pytest.approx(
+            a["probabilities"], abs=1e-5))
+
+
+@needs_ray
 def test_a_worker_killed_mid_job_still_answers_every_picture_once(cluster, classical, tiny) -> None:
     """1,200 pictures (the tiny set ten times, as a listing on stdin); one Answerer actor is killed with
     SIGKILL while the job runs: Ray restarts it and re-runs its batches, and the answers are those of the

@@ -231,7 +231,8 @@ def _quiet_data(ray: Any) -> None:
 
 def _answer_chunk(ray: Any, fn: type[Answerer], items: list[str | Skip], batch_size: int, n_actors: int
                   ) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
-    rows = [{"index": i, "path": p} for i, p in enumerate(items) if not isinstance(p, Skip)]
+    # absolute paths for the actors (their working folder is not this one); answers show the paths as given
+    rows = [{"index": i, "path": os.path.abspath(p)} for i, p in enumerate(items) if not isinstance(p, Skip)]
     answers: dict[int, tuple[str, str]] = {}
     done = 0
 
