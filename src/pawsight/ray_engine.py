@@ -156,6 +156,7 @@ class Cluster:
             with _stderr_muted():  # Ray's C++ start-up line ("Set ray log level ..."), nothing else
                 ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            self.close()
             raise PawsightError(f"cannot connect to the Ray cluster at {shown(address or 'local')}: "
                                 f"{shown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
                                 ) from None
