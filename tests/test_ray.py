@@ -139,8 +139,8 @@ def inputs(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     good = sorted((tiny / "validation" / "cats").iterdir())[0]
     (folder / "truncated.jpg").write_bytes(good.read_bytes()[:600])
     (folder / "notes.jpg").write_text("not a picture, only a name\n")
-    return [str(tiny / "validation"), str(folder / "truncated.jpg"), str(folder / "notes.jpg"),
-            str(folder / "gone.jpg")]
+    return [str(folder / "gone.jpg"), str(tiny / "validation"), str(folder / "truncated.jpg"),
+            str(folder / "notes.jpg")]  # a skipped file first: its place in the answers is checked
 
 
 def predict(*argv: str, stdin: str | None = None, extra_env: dict[str, str] | None = None,
@@ -188,7 +188,8 @@ def test_ray_gives_the_local_engines_answers(which, cluster, classical, transfer
     assert len(answers) == 40 + 3 and sum("error" in a for a in answers) == 3
     assert ray.stderr.splitlines() == local.stderr.splitlines()  # one line per skipped file, nothing else
     assert [line.split(":")[0] for line in ray.stderr.splitlines()] == [
-        f"skipped {p}" for p in inputs[1:]]
+        f"skipped {p}" for p in inputs if p != inputs[1]]
+    assert "error" in answers[0] and "error" not in answers[1]
     if which == "transfer":
         assert all(a["unknown_score"] is not None for a in answers if "error" not in a)
 
@@ -209,12 +210,12 @@ def test_chunks_keep_the_input_order_and_relative_paths_are_read_where_the_drive
     for name, value in env().items():
         if name.startswith("RAY_"):
             monkeypatch.setenv(name, value)
-    items = ["validation", *inputs[1:]]
+    items = [inputs[0], "validation", *inputs[2:]]
     run = os.path.relpath(classical, tiny)
     expected = list(local_stream(inference.load(run), iter_inputs(items)))
     got = list(predict_stream(Path(run), iter_inputs(items), address=cluster[0], chunk=25))
     assert [(path, reason) for path, _, reason in got] == [(path, reason) for path, _, reason in expected]
-    assert got[0][0].startswith("validation/") and sum(reason is not None for *_, reason in got) == 3
+    assert got[1][0].startswith("validation/") and sum(reason is not None for *_, reason in got) == 3
     for (_, a, _), (_, b, _) in zip(expected, got, strict=True):
         assert (a is None and b is None) or (a["label"] == b["label"] and b["probabilities"] == pytest.approx(
             a["probabilities"], abs=1e-5))
