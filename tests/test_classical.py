@@ -134,7 +134,7 @@ def test_bad_parameters_are_clear_errors(tiny, tmp_path):
     with pytest.raises(PawsightError, match="unknown classical model 'svm-poly'"):
         api.train(tiny, approach="classical", out=tmp_path / "a", model="svm-poly")
     with pytest.raises(PawsightError, match="no option"):
-        make_model("classical", kernel="rbf")
+        make_model("classical", gamma=2)  # (kernel is an option: exact or approximate svm-rbf)
     with pytest.raises(PawsightError, match="image size"):
         _ = ClassicalClassifier(size=4).preprocessing
     with pytest.raises(PawsightError, match="takes 64x64"):
