@@ -123,6 +123,26 @@ def test_label_suggestions_name_the_true_class(planted) -> None:
             assert row["suggested"] == true and row["confidence"] > 0.5, row
 
 
+def test_label_check_forks_no_process_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cleanlab forks a multiprocessing pool by default; a fork after PyTorch's and ONNX Runtime's threads
+    have started can deadlock (a CI run hung on it), so the label check must run in-process."""
+    import multiprocessing
+
+    from pawsight.issues.labels import check_labels
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the label check started a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", refuse)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    X = rng.normal(size=(120, 16)) + np.eye(3, 16)[y] * 3
+    y_given = y.copy()
+    y_given[:3] = 1  # three flipped labels among the first class
+    check = check_labels(X, y_given, 3)
+    assert check is not None and check.wrong[:3].sum() >= 2 and check.wrong[3:].sum() <= 3
+
+
 def test_quality_thresholds_separate_degraded_from_clean(tiny: Path) -> None:
     """On the photos themselves (not the planted folder): every clean tiny-set photo passes every check and a
     darkened, blown-out or blurred copy of each fails exactly its check."""
