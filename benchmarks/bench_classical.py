@@ -4,6 +4,15 @@
     ./run.sh bench classical --recipes floor,default --cv      # + 3-fold cross-validated accuracy on train
     ./run.sh bench classical --engines                          # threads vs processes for each extractor
     ./run.sh bench classical --data DIR
+    ./run.sh bench classical --scale                           # svm-rbf: exact vs approximate kernel
+    ./run.sh bench classical --scale --scale-sizes 25000       # + the approximate kernel on 25,000 pictures
+
+`--scale`: the default recipe trained by `python -m pawsight train` in its own process (fresh cache folder,
+so decoding and feature extraction are included), once with `--set kernel=exact` and once with
+`--set kernel=approx` on the dev set, and with `kernel=auto` (the EXACT_SVM_MAX rule) on each generated
+collection of --scale-sizes pictures (bench_scale.make_collection: 80% train, 20% validation). Columns:
+validation accuracy (from the run's saved evaluation), the path the rule took, wall seconds of the whole
+command, fit seconds (`timings.fit`: extraction + fitting, no decoding or evaluation), peak RSS (wait4).
 
 Columns, every recipe trained through `pawsight.train` with its own fresh cache folder:
 - `train cold`: scan + decode the JPEGs + extract features + fit (the decode cache and feature cache empty);
@@ -58,6 +67,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="also 3-fold cross-validated accuracy on the train split")
     p.add_argument("--engines", action="store_true",
                    help="time threads vs processes per extractor, then stop")
+    p.add_argument("--scale", action="store_true",
+                   help="svm-rbf's exact vs approximate kernel: accuracy, seconds, peak RSS, then stop")
+    p.add_argument("--scale-sizes", default="",
+                   help="with --scale: also generated collections of these sizes (comma-separated)")
     p.add_argument("--cache", type=Path, default=None,
                    help="keep caches here (default: a fresh temporary folder per recipe, removed after)")
     return p.parse_args(argv)
@@ -71,6 +84,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PAWSIGHT_PROGRESS", "0")
     if args.engines:
         return engines(args.data)
+    if args.scale:
+        return scale(args.data, [int(n) for n in args.scale_sizes.split(",") if n.strip()])
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -140,6 +155,44 @@ def cross_validate(model, X: np.ndarray, y: np.ndarray, classes: list[str], fold
         m = type(model)(**model.get_params()).fit(X[train], y[train], classes=classes)
         scores.append(m.score(X[test], y[test]))
     return float(np.mean(scores))
+
+
+def scale(data: Path, sizes: list[int]) -> int:
+    """svm-rbf exact vs approximate kernel, each training in its own process from an empty cache folder."""
+    import json
+    import subprocess
+    import sys
+
+    from bench_scale import SCRATCH, make_collection, measure
+
+    jobs = [(data.name, data, "exact"), (data.name, data, "approx")]
+    jobs += [(f"generated {n:,}", make_collection(n), "auto") for n in sizes]
+    rows = []
+    for label, folder, kernel in jobs:
+        work = SCRATCH / f"classical-scale-{folder.name}-{kernel}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        env = {**os.environ, "PAWSIGHT_CACHE": str(work / "cache"), "PAWSIGHT_PROGRESS": "0",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        wall, rss, status = measure(["train", str(folder), "--approach", "classical", "--out",
+                                     str(work / "run"), "--set", f"kernel={kernel}"], env)
+        info = json.loads((work / "run" / "run.json").read_text()) if not status else {}
+        model = json.loads((work / "run" / "model.json").read_text()) if not status else {}
+        rows.append((label, kernel, model.get("kernel", {}).get("path", "-"),
+                     info.get("data", {}).get("counts", {}).get("train", {}),
+                     info.get("metrics", {}).get("validation", {}).get("accuracy"), wall,
+                     info.get("timings", {}).get("fit"), rss, status))
+        print(f"  {label} kernel={kernel}: {wall:.0f} s, {rss:.0f} MB", flush=True)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"\n{os.cpu_count()} cores; uptime: {uptime}\n", file=sys.stdout)
+    print("| data | kernel | path | train pictures | val acc | wall s | fit s | peak RSS MB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for label, kernel, path, counts, acc, wall, fit, rss, status in rows:
+        n = sum(counts.values()) if isinstance(counts, dict) else "-"
+        acc_text = f"{acc:.1%}" if acc is not None else ("failed" if status else "-")
+        fit_text = f"{fit:.0f}" if fit is not None else "-"
+        print(f"| {label} | {kernel} | {path} | {n} | {acc_text} | {wall:.0f} | {fit_text} | {rss:.0f} |")
+    return 0
 
 
 def engines(data: Path) -> int:

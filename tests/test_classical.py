@@ -134,7 +134,7 @@ def test_bad_parameters_are_clear_errors(tiny, tmp_path):
     with pytest.raises(PawsightError, match="unknown classical model 'svm-poly'"):
         api.train(tiny, approach="classical", out=tmp_path / "a", model="svm-poly")
     with pytest.raises(PawsightError, match="no option"):
-        make_model("classical", kernel="rbf")
+        make_model("classical", gamma=2)  # (kernel is an option: exact or approximate svm-rbf)
     with pytest.raises(PawsightError, match="image size"):
         _ = ClassicalClassifier(size=4).preprocessing
     with pytest.raises(PawsightError, match="takes 64x64"):
@@ -263,3 +263,45 @@ def test_svm_probabilities_never_contradict_the_margin():
     order = np.argsort(model.decision_function(grid)[:, 1])
     assert model.slope_ >= 0
     assert (np.diff(model.predict_proba(grid)[order, 1]) >= -1e-12).all()
+
+
+# -- svm-rbf at scale: the exact/approximate kernel rule (EXACT_SVM_MAX) ---------------------------------
+
+def test_kernel_rule_switches_at_the_threshold():
+    X, y = synthetic(8, seed=5)  # 24 pictures, 48 training rows with their mirrored copies
+    at = ClassicalClassifier(features="hog,color", size=64, n_jobs=1, exact_max=48, components=20)
+    above = ClassicalClassifier(features="hog,color", size=64, n_jobs=1, exact_max=47, components=20)
+    at.fit(X, y, classes=["a", "b", "c"])
+    above.fit(X, y, classes=["a", "b", "c"])
+    assert at.kernel_ == "exact" and "48 training rows" in at.kernel_rule_
+    assert "kernel" not in at.pipeline_.named_steps
+    assert above.kernel_ == "approx" and "exact_max=47" in above.kernel_rule_
+    assert type(above.pipeline_.named_steps["kernel"]).__name__ == "Nystroem"
+    assert above.pipeline_.named_steps["kernel"].components_.shape[0] == 20
+    forced = ClassicalClassifier(features="hog,color", size=64, n_jobs=1, kernel="exact", exact_max=0)
+    assert forced.fit(X, y, classes=["a", "b", "c"]).kernel_ == "exact"
+    Xt, yt = synthetic(6, seed=6)
+    assert above.score(Xt, yt) >= 0.9  # a kernel that learned nothing would be at 1/3
+    with pytest.raises(PawsightError, match="kernel must be one of"):
+        ClassicalClassifier(kernel="fast").check_params()
+    with pytest.raises(PawsightError, match="kernel=approx is for model svm-rbf"):
+        ClassicalClassifier(kernel="approx", model="knn").check_params()
+
+
+def test_approximate_kernel_on_real_photos_round_trips(tiny, tmp_path, validation, heldout):
+    run_dir = tmp_path / "approx"
+    model, info = api.train(tiny, approach="classical", out=run_dir, features=FEATURES, kernel="approx",
+                            components=100)
+    assert model.kernel_ == "approx"
+    assert model.score(*heldout) >= 0.56  # chance is 0.5, as in test_each_model_beats_chance_on_real_photos
+    d = json.loads((run_dir / "model.json").read_text())
+    assert d["kernel"] == {"path": "approx", "rule": "kernel=approx was asked for"}
+    assert [s["step"] for s in d["pipeline"]] == ["scale", "pca", "kernel", "model"]
+    assert d["pipeline"][2]["class"] == "sklearn.kernel_approximation.Nystroem"
+    loaded = load_model(run_dir)
+    assert loaded.kernel_ == "approx"
+    both = np.concatenate([validation, validation[:, ::-1]])
+    np.testing.assert_array_equal(loaded.predict_proba(both), model.predict_proba(both))
+    answers, skipped = api.predict(run_dir, [tiny / "validation"])
+    assert not skipped and len(answers) == 40 and {a["label"] for a in answers} <= {"cats", "dogs"}
+    assert info["learning_curve"]["train_sizes"][-1] == info["metrics"]["train_size"]  # all pictures

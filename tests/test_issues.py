@@ -123,6 +123,26 @@ def test_label_suggestions_name_the_true_class(planted) -> None:
             assert row["suggested"] == true and row["confidence"] > 0.5, row
 
 
+def test_label_check_forks_no_process_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cleanlab forks a multiprocessing pool by default; a fork after PyTorch's and ONNX Runtime's threads
+    have started can deadlock (a CI run hung on it), so the label check must run in-process."""
+    import multiprocessing
+
+    from pawsight.issues.labels import check_labels
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the label check started a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", refuse)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    X = rng.normal(size=(120, 16)) + np.eye(3, 16)[y] * 3
+    y_given = y.copy()
+    y_given[:3] = 1  # three flipped labels among the first class
+    check = check_labels(X, y_given, 3)
+    assert check is not None and check.wrong[:3].sum() >= 2 and check.wrong[3:].sum() <= 3
+
+
 def test_quality_thresholds_separate_degraded_from_clean(tiny: Path) -> None:
     """On the photos themselves (not the planted folder): every clean tiny-set photo passes every check and a
     darkened, blown-out or blurred copy of each fails exactly its check."""
@@ -141,6 +161,21 @@ def test_quality_thresholds_separate_degraded_from_clean(tiny: Path) -> None:
     qb = quality.measure(blurred)
     assert all(quality.problems(qb, i, 500, 375) == ["blurry"] for i in range(len(files)))
     assert quality.problems(q, 0, 40, 30) == ["tiny"] and quality.problems(q, 0, 1200, 300) == ["odd-aspect"]
+
+
+def test_sharp_photos_of_smooth_skies_are_not_called_blurry() -> None:
+    """A clear sky or a sun in a blue sky has little detail on average but a few sharp edges: the first blur
+    measure (Laplacian variance and its ratio to the contrast) called these three sharp weather photos
+    blurry. Their blurred copies (radius 2.5% of the short side, the benchmark's) still are."""
+    from pawsight.images import Preprocessing
+
+    prep = Preprocessing(size=224, mode="center-crop")
+    for name in ("weather_shine/shine134.jpg", "weather_cloudy/cloudy80.jpg", "weather_cloudy/cloudy211.jpg"):
+        im = Image.open(DATASETS / "not_cats_or_dogs" / name).convert("RGB")
+        blurred = im.filter(ImageFilter.GaussianBlur(max(4, 0.025 * min(im.size))))
+        q = quality.measure(np.stack([prep(im), prep(blurred)]))
+        assert quality.problems(q, 0, *im.size) == [], (name, q.sharpness)
+        assert quality.problems(q, 1, *im.size) == ["blurry"], (name, q.sharpness)
 
 
 def test_cli_writes_csv_gallery_json_and_train_exclude(planted, tmp_path: Path) -> None:

@@ -63,7 +63,10 @@ def check_labels(features: np.ndarray, labels: np.ndarray, n_classes: int,
         return None
     _, proba = chosen
     yy = remap[y]
-    wrong = find_label_issues(labels=yy, pred_probs=proba)
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork after PyTorch's and ONNX
+    # Runtime's threads have started can deadlock (it hung `data issues` on 25 pictures in a CI run); the
+    # work is a few array passes, the same result either way.
+    wrong = find_label_issues(labels=yy, pred_probs=proba, n_jobs=1)
     quality = get_label_quality_scores(yy, proba)
     best = proba.argmax(axis=1)
     counts = np.bincount(yy)

@@ -63,7 +63,7 @@ def _detail(r: dict[str, Any]) -> str:
         "outlier": f"outlier score {r['outlier_score']} > 1",
         "dark": f"brightest 1% at {q['brightest']:.2f}",
         "bright": f"darkest 1% at {q['darkest']:.2f}",
-        "blurry": f"sharpness {q['sharpness']:.2f}, detail {q['detail']:.2f}",
+        "blurry": f"sharpest edges {q['sharpness']:.2f}",
         "low-information": f"{q['entropy_bits']:.1f} bits",
         "tiny": f"{q['width']}x{q['height']} px",
         "odd-aspect": f"{q['width']}x{q['height']} px",

@@ -13,6 +13,14 @@ With `flip=True` (default) each training picture also counts mirrored: a cat fac
 cross-validation on the training split gained 1.1 points (79.1% -> 80.2%) for ~30 s more training. With
 `tta=True` predictions also average each picture with its mirror image (twice the prediction time).
 
+Large training sets (svm-rbf): `kernel="auto"` (default) uses the exact RBF SVM up to EXACT_SVM_MAX training
+rows (pictures, twice that with flip) and above it an approximate RBF kernel: Nystroem features (the SVC's
+gamma rule, `components` landmarks, default APPROX_COMPONENTS) + a calibrated ridge classifier, with the
+features streamed CHUNK_ROWS rows at a time so memory does not grow with the raw features
+(`_fit_approx`). `kernel="exact"` or `kernel="approx"` forces a path, `exact_max=N` moves the threshold
+(`pawsight train ... --set kernel=approx`, `--set exact_max=50000`). model.json records the path taken and
+the rule under "kernel".
+
 Saved without pickle: `model.json` holds the parameters, feature specs, a readable description of each
 pipeline step and the structure of every fitted estimator; `model.safetensors` holds all learned arrays
 (scaler means, PCA components, support vectors, trees' node arrays, the visual-word vocabulary, ...).
@@ -38,6 +46,7 @@ from ..cache import as_rows, mirrored
 from ..errors import PawsightError, damaged_file_errors
 from ..features import Extractor, create_feature, extract, parse_features
 from ..images import Preprocessing
+from ..options import check_number
 from ..progress import bar
 from .base import ImageClassifier, read_model_files, write_model_files
 
@@ -50,6 +59,7 @@ DEFAULT_PCA = {"svm-rbf": 256, "boosting": 64}
 # What `search=True` tries, default first: (pipeline parameter, values), cross-validated on the training set.
 SEARCH_GRIDS: dict[str, tuple[str, list[Any]]] = {
     "svm-rbf": ("model__estimator__C", [3.0, 1.0, 10.0, 0.3]),
+    "svm-rbf-approx": ("model__estimator__alpha", [1.0, 0.3, 3.0, 0.1]),  # the approximate kernel's ridge
     "linear-svm": ("model__estimator__C", [0.1, 0.03, 0.3, 0.01, 1.0]),
     "logreg": ("model__C", [1.0, 0.3, 3.0, 0.1, 10.0]),
     "knn": ("model__n_neighbors", [20, 10, 40, 5]),
@@ -61,6 +71,27 @@ SEARCH_GRIDS: dict[str, tuple[str, list[Any]]] = {
 # data.
 DEFAULT_C = {"svm-rbf": 3.0, "linear-svm": 0.1, "logreg": 1.0}
 
+# -- svm-rbf at scale ------------------------------------------------------------------------------------
+# The exact RBF SVM costs ~rows^1.3 time and holds every feature row (float32, then float64 in the scaler)
+# in memory: 8,000 training pictures (16,000 rows with mirrored copies) took 610 s and 5.9 GB. The rule:
+# above EXACT_SVM_MAX training rows (mirrored copies included), `svm-rbf` with kernel="auto" (the default)
+# becomes an approximate RBF kernel (APPROX, see ClassicalClassifier._fit_approx): BlockScaler and PCA fitted
+# on APPROX_FIT_ROWS random rows, Nystroem features of the SVC's own kernel (same gamma rule as its "scale")
+# with `components` landmarks, then a linear learner on those features, all rows streamed CHUNK_ROWS at a
+# time from the feature cache. `kernel="exact"` / `kernel="approx"` force either path; `exact_max` moves the
+# threshold. Measured: see benchmarks/bench_classical.py --scale and docs/benchmarks.md.
+# Measured (bench classical --scale, 2000 training pictures, load ~1.6): exact 81.9% val, fit 141 s, peak
+# 1879 MB; approx 80.5%, 92 s, 1504 MB. 12,000 is a provisional threshold, not yet a measured crossover.
+EXACT_SVM_MAX = 12_000
+# Components and the learner chosen by 3-fold cross-validation on the cats-and-dogs TRAIN split (features
+# hog,color,lbp,daisy + mirrored copies, PCA 256, ridge alpha=1): 1000 components 78.7%, 1500 79.6%, 2000
+# 79.8%; the exact SVM 79.6% (benchmarks: 2026-12-04, load ~1-2).
+APPROX_COMPONENTS = 1500
+APPROX_ALPHA = 1.0
+APPROX_FIT_ROWS = 6000
+CHUNK_ROWS = 2048
+KERNELS = ("auto", "exact", "approx")
+
 
 class ClassicalClassifier(ImageClassifier):
     approach = "classical"
@@ -68,7 +99,8 @@ class ClassicalClassifier(ImageClassifier):
     def __init__(self, features: str = "hog,color,lbp,daisy", model: str = "svm-rbf", size: int = 128,
                  mode: str = "squash", flip: bool = True, tta: bool = False, pca: int | float | None = None,
                  C: float | None = None, search: bool = False, search_budget: float = 120.0, seed: int = 0,
-                 n_jobs: int | None = None, cache_features: bool = True) -> None:
+                 n_jobs: int | None = None, cache_features: bool = True, kernel: str = "auto",
+                 exact_max: int = EXACT_SVM_MAX, components: int = APPROX_COMPONENTS) -> None:
         self.features = features
         self.model = model
         self.size = size
@@ -82,6 +114,9 @@ class ClassicalClassifier(ImageClassifier):
         self.seed = seed
         self.n_jobs = n_jobs
         self.cache_features = cache_features
+        self.kernel = kernel
+        self.exact_max = exact_max
+        self.components = components
 
     # -- configuration -----------------------------------------------------------------------------------
     @property
@@ -96,6 +131,14 @@ class ClassicalClassifier(ImageClassifier):
         super().check_params()  # size, C, seed, search_budget: options.LIMITS
         if self.model not in MODELS:
             raise PawsightError(f"unknown classical model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.kernel not in KERNELS:
+            raise PawsightError(f"kernel must be one of {', '.join(KERNELS)} (svm-rbf: exact SVM, "
+                                f"approximate Nystroem kernel, or chosen by the training set's size), "
+                                f"got {self.kernel!r}")
+        if self.kernel == "approx" and self.model != "svm-rbf":
+            raise PawsightError(f"kernel=approx is for model svm-rbf, not {self.model}")
+        check_number("exact_max", self.exact_max, integer=True, minimum=0, optional=False)
+        check_number("components", self.components, integer=True, minimum=2, maximum=20_000, optional=False)
         self.preprocessing  # noqa: B018 - an unknown resize mode is refused here, before any decoding
         parse_features(self.features)  # unknown or repeated names: one line now, not after decoding
         if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int)
@@ -132,10 +175,12 @@ class ClassicalClassifier(ImageClassifier):
         widths = getattr(self, "block_widths_", None)
         return list(widths) if widths and sum(widths) == n_features else [n_features]
 
-    def build_pipeline(self, n_samples: int, n_features: int):
-        """The unfitted scikit-learn pipeline this model's parameters describe."""
+    def build_pipeline(self, n_samples: int, n_features: int, approx: bool = False):
+        """The unfitted scikit-learn pipeline this model's parameters describe; `approx`: svm-rbf's
+        approximate kernel (scale, pca, kernel = Nystroem, model = a linear learner)."""
         from sklearn.decomposition import PCA
         from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier
+        from sklearn.kernel_approximation import Nystroem
         from sklearn.linear_model import LogisticRegression
         from sklearn.neighbors import KNeighborsClassifier
         from sklearn.pipeline import Pipeline
@@ -163,6 +208,11 @@ class ClassicalClassifier(ImageClassifier):
             if isinstance(pca, int):
                 pca = min(pca, n_samples, n_features)
             steps.append(("pca", PCA(n_components=pca, random_state=seed)))
+        if approx:
+            # gamma and the number of components are set from the data in _fit_approx
+            steps.append(("kernel", Nystroem(kernel="rbf", n_components=int(self.components),
+                                             random_state=seed)))
+            estimator = approx_learner(C, seed)
         steps.append(("model", estimator))
         return Pipeline(steps)
 
@@ -187,9 +237,12 @@ class ClassicalClassifier(ImageClassifier):
             if e.stateful:
                 e.fit(X, seed=int(self.seed), n_jobs=self.n_jobs)
         self.timings_["features.fit"] = time.perf_counter() - t
+        self.block_widths_ = self._widths()
+        self.kernel_, self.kernel_rule_ = self._choose_kernel(len(y) * (2 if self.flip else 1))
+        if self.kernel_ == "approx":
+            return self._fit_approx(X, y, X_val, y_val)
         t = time.perf_counter()
         F = self._extract(X)
-        self.block_widths_ = self._widths()
         groups = np.arange(len(y))
         if self.flip:
             F = np.concatenate([F, self._extract(mirrored(X))])
@@ -213,6 +266,104 @@ class ClassicalClassifier(ImageClassifier):
         if X_val is not None and y_val is not None and len(y_val):
             t = time.perf_counter()
             self.learning_curve_ = self._learning_curve(F, y, groups, self._extract(X_val), np.asarray(y_val))
+            self.timings_["learning_curve"] = time.perf_counter() - t
+        return self
+
+    def _choose_kernel(self, n_rows: int) -> tuple[str | None, str]:
+        """("exact" or "approx", the rule that chose it) for svm-rbf; (None, "") for the other models."""
+        if self.model != "svm-rbf":
+            return None, ""
+        if self.kernel != "auto":
+            return self.kernel, f"kernel={self.kernel} was asked for"
+        limit = int(self.exact_max)
+        if n_rows > limit:
+            return "approx", (f"{n_rows} training rows (mirrored copies included) > exact_max={limit}: "
+                              f"approximate RBF kernel (Nystroem, {int(self.components)} components) + "
+                              f"ridge classifier")
+        return "exact", (f"{n_rows} training rows (mirrored copies included) <= exact_max={limit}: "
+                         "exact RBF SVM")
+
+    def _fit_approx(self, X: Any, y: np.ndarray, X_val: Any, y_val: np.ndarray | None,
+                    ) -> ClassicalClassifier:
+        """svm-rbf with an approximate kernel; memory: CHUNK_ROWS feature rows + the kernel features.
+
+        1. BlockScaler, PCA and the Nystroem landmarks are fitted on APPROX_FIT_ROWS random training rows;
+        2. every row (mirrored copies too) is extracted CHUNK_ROWS at a time (written to the feature cache)
+           and mapped to its `components` kernel features (float32): 20,000 pictures x 2 x 1500 = 240 MB,
+           where their raw features would take 3 GB (float32);
+        3. the linear learner (MarginCalibrated, as for the exact SVM) is fitted on the kernel features."""
+        from sklearn.pipeline import Pipeline
+
+        from ..cache import take
+
+        X = as_rows(X)
+        sources = [X, mirrored(X)] if self.flip else [X]
+        n = len(y)
+        n_rows = n * len(sources)
+        y_rows = np.tile(y, len(sources))
+        groups = np.tile(np.arange(n), len(sources))
+
+        def features(rows: np.ndarray) -> np.ndarray:
+            """Features of training rows `rows` (sorted; row k*n + i is picture i, mirrored if k = 1)."""
+            parts = []
+            for k, src in enumerate(sources):
+                idx = rows[(rows >= k * n) & (rows < (k + 1) * n)] - k * n
+                if len(idx):
+                    parts.append(self._extract(take(src, idx)))
+            return np.concatenate(parts)
+
+        t = time.perf_counter()
+        rng = np.random.default_rng(int(self.seed))
+        fit_rows = np.sort(rng.choice(n_rows, size=min(n_rows, APPROX_FIT_ROWS), replace=False))
+        F = features(fit_rows)
+        self.n_features_ = int(F.shape[1])
+        self._check_pca(len(F), F.shape[1])
+        pipeline = self.build_pipeline(len(F), F.shape[1], approx=True)
+        head = Pipeline(pipeline.steps[:-2])  # scale (+ pca): the same objects, fitted in place
+        Z = head.fit_transform(F)
+        del F
+        # the SVC's gamma="scale": 1 / (columns x variance) of what the kernel sees
+        variance = float(Z.var())
+        kernel = pipeline.named_steps["kernel"]
+        kernel.set_params(gamma=1.0 / (Z.shape[1] * variance) if variance > 0 else 1.0,
+                          n_components=min(int(self.components), len(Z)))
+        kernel.fit(Z)
+        del Z
+        self.timings_["fit.transformers"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        K = np.empty((n_rows, kernel.components_.shape[0]), np.float32)
+        for start in range(0, n_rows, CHUNK_ROWS):
+            rows = np.arange(start, min(start + CHUNK_ROWS, n_rows))
+            K[rows] = kernel.transform(head.transform(features(rows)))
+        self.timings_["extract"] = time.perf_counter() - t
+
+        final = Pipeline([("model", pipeline.named_steps["model"])])
+        self.pipeline_ = final
+        self.search_results_ = []
+        if self.search:
+            t = time.perf_counter()
+            self._search(K, y_rows, groups)  # sets the best value on `final`'s (= pipeline's) learner
+            self.timings_["search"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            final.fit(K, y_rows, **self._fit_groups(groups))
+        self.timings_["fit"] = time.perf_counter() - t
+        self.pipeline_ = pipeline
+        self.learning_curve_ = None
+        if X_val is not None and y_val is not None and len(y_val):
+            t = time.perf_counter()
+            X_val = as_rows(X_val)
+            K_val = np.concatenate([
+                kernel.transform(head.transform(self._extract(take(X_val, np.arange(i, min(i + CHUNK_ROWS,
+                                                                                          len(X_val)))))))
+                for i in range(0, len(X_val), CHUNK_ROWS)]).astype(np.float32)
+            self.pipeline_ = final  # the curve refits the learner on the kernel features of growing subsets
+            try:
+                self.learning_curve_ = self._learning_curve(K, y_rows, groups, K_val, np.asarray(y_val))
+            finally:
+                self.pipeline_ = pipeline
             self.timings_["learning_curve"] = time.perf_counter() - t
         return self
 
@@ -252,7 +403,8 @@ class ClassicalClassifier(ImageClassifier):
         from sklearn.base import clone
         from sklearn.model_selection import StratifiedGroupKFold
 
-        name, values = SEARCH_GRIDS[self.model]
+        name, values = SEARCH_GRIDS[self.model + ("-approx" if getattr(self, "kernel_", None) == "approx"
+                                                  else "")]
         if self.C is not None and name.endswith("__C"):
             values = [float(self.C)] + [v for v in values if v != float(self.C)]
         counts = np.bincount(y)
@@ -335,6 +487,9 @@ class ClassicalClassifier(ImageClassifier):
             "n_features": self.n_features_,
             "pipeline": describe(self.pipeline_),
             "search": getattr(self, "search_results_", []),
+            # svm-rbf: which kernel was used and the rule that chose it (EXACT_SVM_MAX)
+            **({"kernel": {"path": self.kernel_, "rule": self.kernel_rule_}}
+               if getattr(self, "kernel_", None) else {}),
             "state": state,
         }
         write_model_files(directory, blob, description)
@@ -353,6 +508,8 @@ class ClassicalClassifier(ImageClassifier):
             model.extractors_ = [_load_extractor(spec, i, arrays) for i, spec in enumerate(d["features"])]
             model.n_features_ = int(d["n_features"])
             model.pipeline_ = decode(d["state"], arrays)
+            kernel = d.get("kernel") if isinstance(d.get("kernel"), dict) else {}
+            model.kernel_, model.kernel_rule_ = kernel.get("path"), str(kernel.get("rule", ""))
             model._verify()
         except PawsightError as exc:
             raise PawsightError(f"the classical model in {directory} cannot be used: {exc}") from None
@@ -378,6 +535,21 @@ class ClassicalClassifier(ImageClassifier):
         p = self.pipeline_.predict_proba(np.zeros((1, width), np.float32))
         if p.shape != (1, len(known)) or not np.isfinite(p).all():
             raise PawsightError("a test prediction failed")
+
+
+def approx_learner(C: float, seed: int = 0) -> Any:
+    """The linear learner on svm-rbf's approximate kernel features: a least-squares (ridge) classifier with
+    alpha = APPROX_ALPHA * DEFAULT_C / C, calibrated as the exact SVM is (MarginCalibrated).
+
+    Why ridge: its solution is one (components x components) system, in float32 on the kernel features
+    (no copy); LinearSVC's liblinear copies a dense input into 16-byte sparse nodes (40,000 x 1500 rows:
+    ~1 GB more). Cross-validated on the cats-and-dogs TRAIN split (3 folds, mirrored copies with their
+    picture), 1500 components: ridge alpha=1 79.6%, alpha=10 77.6%, LinearSVC C=3 79.4%, logistic C=3 79.4%,
+    the exact SVM 79.6%."""
+    from sklearn.linear_model import RidgeClassifier
+
+    return MarginCalibrated(RidgeClassifier(alpha=APPROX_ALPHA * DEFAULT_C["svm-rbf"] / C, solver="cholesky"),
+                            seed=seed)
 
 
 class BlockScaler(TransformerMixin, BaseEstimator):
@@ -500,9 +672,12 @@ ALLOWED = {
     "sklearn.pipeline.Pipeline",
     "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.decomposition._pca.PCA",
+    "sklearn.kernel_approximation.Nystroem",
     "sklearn.svm._classes.SVC",
     "sklearn.svm._classes.LinearSVC",
     "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._ridge.RidgeClassifier",
+    "sklearn.preprocessing._label.LabelBinarizer",
     "sklearn.neighbors._classification.KNeighborsClassifier",
     "sklearn.ensemble._forest.ExtraTreesClassifier",
     "sklearn.tree._classes.ExtraTreeClassifier",
