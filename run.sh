@@ -111,8 +111,9 @@ case "$cmd" in
       grep -v '^INFO' <<<"$docs_log" >&2; rm -rf "$site"; exit 1
     fi
     rm -rf "$site"
-    # one pytest worker per core (pytest-xdist) unless the caller chose (-n N, -p no:xdist)
-    parallel=(-n auto)
+    # one pytest worker per core (pytest-xdist) unless the caller chose (-n N, -p no:xdist); loadgroup keeps
+    # the tests of one xdist_group (the Ray cluster's) on one worker
+    parallel=(-n auto --dist loadgroup)
     for arg in "$@"; do
       case "$arg" in -n|-n[0-9]*|--numprocesses*|no:xdist) parallel=() ;; esac
     done

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 
+# One xdist worker runs every test of this file (./run.sh test passes --dist loadgroup): the two-node cluster
+# starts once, and two clusters never compete for the 2 cores.
+pytestmark = pytest.mark.xdist_group("ray")
+
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed: pip install 'pawsight[ray]' "
                                                    "(the dev extra installs it, so CI runs these)")
