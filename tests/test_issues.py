@@ -225,9 +225,13 @@ def test_gallery_in_a_browser_escapes_names_and_fetches_nothing(tiny: Path, tmp_
     hostile = '<img src=x onerror=alert(1)>.jpg'
     with Image.open(sorted((tiny / "train" / "cats").glob("*.jpg"))[0]) as im:
         Image.fromarray((np.asarray(im.convert("RGB")) * 0.05).astype(np.uint8)).save(root / "cats" / hostile)
+    (root / "dogs" / "empty.jpg").write_bytes(b"")  # unreadable files: named with their reason, not checked
+    (root / "dogs" / "notes.jpg").write_text("not a picture")
     page_file = tmp_path / "gallery.html"
     r = pawsight("data", "issues", root, "--html", page_file, "--csv", tmp_path / "f.csv")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "unreadable: 2 file(s)" in r.stdout and "empty.jpg: empty file" in r.stdout
+    assert "notes.jpg: not an image" in r.stdout and "Traceback" not in r.stderr
     text = page_file.read_text()
     assert hostile not in text and "&lt;img src=x onerror=alert(1)&gt;.jpg" in text
     with browser_page(allow=("file:",)) as page:
@@ -264,6 +268,8 @@ def test_exclusion_lists_in_every_form(tmp_path: Path) -> None:
     assert read_exclusions(listed, data) == {(data / "a" / "3.jpg").resolve()}
     one_error_line(pawsight("train", data, "--exclude", tmp_path / "missing.csv", "--out", tmp_path / "r"),
                    "--exclude")
+    folder = one_error_line(pawsight("train", data, "--exclude", data, "--out", tmp_path / "r"), "--exclude")
+    assert "a folder, not a file" in folder and not (tmp_path / "r").exists()
 
 
 def test_three_classes_and_an_outlier(tmp_path: Path) -> None:

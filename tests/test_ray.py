@@ -287,7 +287,7 @@ def test_engine_ray_on_serve_and_address_without_ray_are_one_error_line(classica
     done = subprocess.run([sys.executable, "-m", "pawsight", "serve", str(classical), "--engine", "ray"],
                           capture_output=True, text=True, env=env(), timeout=60)
     assert done.returncode == EXIT_USAGE and len(done.stderr.splitlines()) == 1
-    assert done.stderr.startswith("error: --engine is an option of 'pawsight predict' only")
+    assert done.stderr.startswith("error: unrecognized arguments: --engine ray")
     done = predict(str(classical), "x.jpg", "--address", "127.0.0.1:6379")
     assert done.returncode == EXIT_USAGE and done.stderr.strip() == (
         "error: --address is the Ray cluster's address: add --engine ray")

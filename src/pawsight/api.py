@@ -86,7 +86,8 @@ def train(data: PathLike, approach: str = "transfer", out: PathLike | None = Non
         make_model(approach, **params)
     model.preprocessing  # noqa: B018 - resolves the model by name: a bad --model fails before --out is made
     if exclude is not None and not Path(exclude).is_file():  # before any work: a typo is one line at once
-        raise PawsightError(f"--exclude {shown(exclude)}: no such file (give the CSV `pawsight data issues` "
+        what = "a folder, not a file" if Path(exclude).is_dir() else "no such file"
+        raise PawsightError(f"--exclude {shown(exclude)}: {what} (give the CSV `pawsight data issues` "
                             "wrote, or a list of paths)")
     ds = scan(data, val_fraction=val_fraction, seed=seed)
     excluded: list[dict[str, str]] = []

@@ -74,9 +74,6 @@ class Parser(argparse.ArgumentParser):
     usage is one `--help` away. Sub-command parsers inherit this class."""
 
     def error(self, message: str):  # type: ignore[override]
-        if "unrecognized arguments" in message and "--engine" in message:
-            message = ("--engine is an option of 'pawsight predict' only: the other commands (serve, train, "
-                       "evaluate, data ...) run on this machine")
         print(f"error: {shown(message)} (see '{shown(self.prog)} --help')", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 

@@ -304,7 +304,6 @@ def predict_command(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         ok = True
     except BrokenPipeError:  # `pawsight predict ... | head`: the reader has all it wants
-        stream.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     finally:

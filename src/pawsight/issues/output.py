@@ -44,8 +44,11 @@ def print_table(result: dict[str, Any], csv_path: Path | None, html_path: Path |
     for note in result["notes"]:
         print(f"note: {shown(note)}")
     if result["skipped"]:
-        print(f"\nunreadable: {len(result['skipped'])} file(s) (not checked; `pawsight data inspect` "
-              "lists why)")
+        print(f"\nunreadable: {len(result['skipped'])} file(s), not checked:")
+        for s in result["skipped"][:LISTED]:
+            print(f"  {shown(s['path'])}: {shown(s['reason'])}")
+        if len(result["skipped"]) > LISTED:
+            print(f"  ... and {len(result['skipped']) - LISTED} more (--json lists them all)")
     if not result["flagged"]:
         print("no issues found")
     if csv_path is not None:
