@@ -2,12 +2,16 @@
 
     ./run.sh bench scale                          # 3,000 and 30,000 pictures (generated once, then reused)
     ./run.sh bench scale --sizes 3000,100000      # any sizes; 100,000 takes ~2 GB of disk and hours of CPU
-    ./run.sh bench scale --commands inspect,train # a subset of: inspect, train, train-warm, evaluate
+    ./run.sh bench scale --commands inspect,train # a subset of: inspect, train, train-warm, evaluate, predict
+    ./run.sh bench scale --small --sizes 1000000 --commands inspect,predict   # 64x64 pictures (item 7)
 
 The collections are synthetic and seeded: each picture is one of the cats_and_dogs pictures, randomly
 cropped, rotated, colour-jittered, resized and re-encoded at a random JPEG quality (`make_collection`), so
-no two files are alike (the decode cache keys by content) and labels stay right. They are written under
-benchmarks/.scratch/ (git-ignored) and reused by later runs; each size starts with an empty cache folder.
+no two files are alike (the decode cache keys by content) and labels stay right. With `--small` every picture
+is 64x64 (`make_small`: the same transformations of a 96-px copy of the source, ~2 KB per file), the
+million-picture collection of `data inspect` and `predict`. They are written under benchmarks/.scratch/
+(git-ignored) and reused by later runs; each size starts with an empty cache folder. `predict` answers every
+file of the collection with a default transfer run trained once on cats_and_dogs (`--run` to give another).
 
 Every command runs as its own process (`python -m pawsight ...`); its peak RSS is the ru_maxrss that
 os.wait4 reports for that process (worker processes it waited for included). Per command and size the table
@@ -29,18 +33,19 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageEnhance
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parents[1] / "shared" / "datasets" / "cats_and_dogs"
 SCRATCH = HERE / ".scratch"
 GENERATOR = 1  # bump when make_one changes: collections of another version are made again
-COMMANDS = ("inspect", "train", "train-warm", "evaluate")
+COMMANDS = ("inspect", "train", "train-warm", "evaluate", "predict")
+SMALL = 64  # side of the --small collections' pictures
+_SOURCES: dict[str, Image.Image] = {}  # per worker process: source path -> its 96-px copy (make_small)
 
 
 def make_one(job: tuple[str, str, int]) -> None:
     """One synthetic picture: source `src` transformed with the seeded random numbers of picture `seed`."""
-    from PIL import Image, ImageEnhance
-
     src, dst, seed = job
     rng = np.random.default_rng([GENERATOR, seed])
     with Image.open(src) as im:
@@ -60,10 +65,32 @@ def make_one(job: tuple[str, str, int]) -> None:
         im.save(dst, "JPEG", quality=int(rng.integers(60, 96)))
 
 
-def make_collection(n: int, source: Path = SOURCE) -> Path:
-    """SCRATCH/scale-<n>/{train,validation}/{cats,dogs}/: n pictures, 80/20 train/validation per source
-    split (a source picture's variants stay on its side), made once (a `done.json` records it)."""
-    folder = SCRATCH / f"scale-{n}"
+def make_small(job: tuple[str, str, int]) -> None:
+    """One 64x64 synthetic picture: like `make_one`, from a 96-px copy of the source kept in this worker
+    (decoding a 500x375 JPEG per picture would make a million of them take hours)."""
+    src, dst, seed = job
+    rng = np.random.default_rng([GENERATOR, seed])
+    base = _SOURCES.get(src)
+    if base is None:
+        with Image.open(src) as im:
+            im.draft("RGB", (192, 192))
+            base = _SOURCES[src] = im.convert("RGB").resize((96, 96), Image.BILINEAR)
+    x0, y0 = (int(v) for v in rng.integers(0, 17, size=2))
+    side = int(rng.integers(80, 97 - max(x0, y0)))
+    im = base.crop((x0, y0, x0 + side, y0 + side))
+    im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+    im = ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.8, 1.2)))
+    im = im.resize((SMALL, SMALL), Image.BILINEAR)
+    if rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    im.save(dst, "JPEG", quality=int(rng.integers(60, 96)))
+
+
+def make_collection(n: int, source: Path = SOURCE, small: bool = False) -> Path:
+    """SCRATCH/scale-<n>/{train,validation}/{cats,dogs}/ (small-<n> with `small`): n pictures, 80/20
+    train/validation per source split (a source picture's variants stay on its side), made once (a
+    `done.json` records it)."""
+    folder = SCRATCH / f"{'small' if small else 'scale'}-{n}"
     done = folder / "done.json"
     if done.is_file() and json.loads(done.read_text()) == {"n": n, "generator": GENERATOR}:
         return folder
@@ -82,7 +109,7 @@ def make_collection(n: int, source: Path = SOURCE) -> Path:
             (folder / split / cls).mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(make_one, jobs, chunksize=64))
+        list(pool.map(make_small if small else make_one, jobs, chunksize=256 if small else 64))
     done.write_text(json.dumps({"n": n, "generator": GENERATOR}))
     print(f"made {len(jobs)} pictures in {folder} in {time.perf_counter() - t:.0f} s", flush=True)
     return folder
@@ -102,6 +129,17 @@ def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return wall, usage.ru_maxrss / 1024, proc.returncode
 
 
+def predict_run(env: dict[str, str]) -> Path:
+    """A default transfer run on cats_and_dogs for `predict`, trained once (into SCRATCH/predict-run)."""
+    run = SCRATCH / "predict-run"
+    if not (run / "model.onnx").is_file():
+        print(f"training the run predict uses: {run}", flush=True)
+        own_cache = {**env, "PAWSIGHT_CACHE": str(SCRATCH / "predict-run-cache")}  # not the measured one
+        subprocess.run([sys.executable, "-m", "pawsight", "train", str(SOURCE), "--out", str(run),
+                        "--overwrite"], env=own_cache, check=True, stdout=subprocess.DEVNULL)
+    return run
+
+
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -113,6 +151,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--commands", default=",".join(COMMANDS), help=f"some of {', '.join(COMMANDS)}")
     ap.add_argument("--approach", default="transfer", help="what train trains (its defaults)")
     ap.add_argument("--train-args", default="", help="more train options, e.g. '--epochs 1'")
+    ap.add_argument("--small", action="store_true", help=f"{SMALL}x{SMALL} pictures (inspect, predict)")
+    ap.add_argument("--run", type=Path, default=None,
+                    help="the run predict uses (default: a transfer run trained once on cats_and_dogs)")
     ap.add_argument("--src", type=Path, default=HERE.parent / "src",
                     help="the pawsight source tree to measure (another checkout's src/: before and after)")
     args = ap.parse_args(argv)
@@ -125,8 +166,8 @@ def main(argv: list[str]) -> int:
         return 2
     rows = []
     for n in sizes:
-        data = make_collection(n)
-        work = SCRATCH / f"work-{n}-{args.src.resolve().parent.name}"
+        data = make_collection(n, small=args.small)
+        work = SCRATCH / f"work-{'small-' if args.small else ''}{n}-{args.src.resolve().parent.name}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         cache, run = work / "cache", work / "run"
@@ -139,7 +180,11 @@ def main(argv: list[str]) -> int:
                               *args.train_args.split()],
                     "train-warm": ["train", str(data), "--approach", args.approach, "--out", str(run),
                                    "--overwrite", *args.train_args.split()],
-                    "evaluate": ["evaluate", str(run), str(data)]}[command]
+                    "evaluate": ["evaluate", str(run), str(data)],
+                    "predict": ["predict", "RUN", str(data), "--format", "csv"],
+                    }[command]
+            if command == "predict":  # trained (once) before its measurement, not inside it
+                argv[1] = str(args.run or predict_run(env))
             wall, rss, status = measure(argv, env)
             pixels = folder_bytes(cache / "pixels")
             run_bytes = folder_bytes(run) if command.startswith("train") else None

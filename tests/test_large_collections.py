@@ -142,6 +142,77 @@ def test_least_recently_used_is_evicted_under_a_tiny_cap(tiny: Path, tmp_path: P
     assert all(len(e) == 3 for e in valid_index(pixels / prep.key).values())
 
 
+def test_a_load_reads_the_pool_index_once_not_once_per_chunk(tiny: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appending chunk after chunk reads only the index lines added since the last chunk: re-reading the
+    whole index for each of a million pictures' ~4,000 chunks made `data inspect` quadratic."""
+    monkeypatch.setattr(cache_module, "APPEND_ROWS", 4)
+    parsed: list[int] = []
+    real = cache_module._log_lines
+    monkeypatch.setattr(cache_module, "_log_lines", lambda log: (parsed.append(len(log)), real(log))[1])
+    paths = pictures(tiny)
+    decoded = ImageCache(tmp_path / "cache").load(paths, Preprocessing(32))
+    assert len(decoded.paths) == len(paths) >= 80  # 20 chunks of 4 rows
+    log_bytes = len(paths) * len(f"{'0' * 32} seg-000001-00000000.jpgs 123456 12345\n")
+    assert sum(parsed) <= 2 * log_bytes  # each line read about once; the old code read ~n/8 times as much
+
+
+def test_two_writers_and_an_eviction_keep_every_index_entry_right(tiny: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer's incrementally kept index equals a full re-read after another process appended, compacted
+    and evicted between its chunks, and every row it indexed decodes to its own picture."""
+    monkeypatch.setattr(cache_module, "SEGMENT_BYTES", 1)  # a segment per chunk: eviction has units
+    monkeypatch.setattr(cache_module, "APPEND_ROWS", 8)
+    prep = Preprocessing(32)
+    cats, dogs = pictures(tiny, cls="cats"), pictures(tiny, cls="dogs")
+    root = tmp_path / "cache"
+    one, other = ImageCache(root), ImageCache(root)
+    pool = root / "pixels" / prep.key
+    real_append = ImageCache._append_commit
+    turns = iter(range(10**6))
+
+    def interleaved(self: ImageCache, *args, **kwargs):
+        if self is one and next(turns) % 2 == 1:  # between one's chunks: other appends, compacts, evicts
+            theirs = other.load(dogs[:12] if next(turns) < 4 else dogs[12:20], prep).images.segment_paths()
+            assert other.evict(keep=set(pool.glob("seg-*")) - set(theirs), cap=1) > 0  # only theirs go
+        index = real_append(self, *args, **kwargs)
+        if self is one:
+            assert index == valid_index(pool)
+        return index
+
+    monkeypatch.setattr(ImageCache, "_append_commit", interleaved)
+    decoded = one.load(cats, prep)
+    assert decoded.decoded == len(decoded.paths) == len(cats)
+    for path, row in zip(decoded.paths, decoded.images, strict=True):
+        np.testing.assert_array_equal(row, pool_roundtrip(prep.load(path)))
+
+
+def test_tables_written_by_two_loads_at_once_keep_both(tiny: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """files.json and meta.json hold both loads' pictures when another load wrote them between one load's
+    writes (a load rewrites its own copy of a table only while nobody else has written it)."""
+    monkeypatch.setattr(cache_module, "APPEND_ROWS", 8)
+    monkeypatch.setattr(cache_module, "TABLES_SECONDS", 0.0)
+    prep = Preprocessing(32)
+    cats, dogs = pictures(tiny, cls="cats"), pictures(tiny, cls="dogs")
+    root = tmp_path / "cache"
+    one, other = ImageCache(root), ImageCache(root)
+    real_append = ImageCache._append_commit
+    calls = iter(range(10**6))
+
+    def interleaved(self: ImageCache, *args, **kwargs):
+        if self is one and next(calls) == 2:
+            other.load(dogs, prep)
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageCache, "_append_commit", interleaved)
+    assert one.load(cats, prep).decoded == len(cats)
+    files = json.loads((root / "files.json").read_text())
+    meta = json.loads((root / "meta.json").read_text())
+    assert len(files) == len(meta) == len(cats) + len(dogs)
+    assert ImageCache(root).load(cats + dogs, prep).decoded == 0
+
+
 def test_cache_info_shows_use_against_the_cap(tiny: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from pawsight.cli import main
 
@@ -232,3 +303,32 @@ def test_a_runs_size_stops_growing_beyond_the_reference_limit(tiny: Path, tmp_pa
         assert read_evaluation(out)["unknown"] <= 3  # calibrated: the validation cats and dogs are answered
         sizes.append((out / "model.safetensors").stat().st_size)
     assert sizes[0] == sizes[1]
+
+
+def test_ordered_map_keeps_order_and_a_bounded_window() -> None:
+    """Results in input order, never more than `ahead` calls submitted and not consumed (Executor.map
+    submits every call at once: a million futures before the first picture), and a consumer that stops
+    early leaves nothing running."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pawsight.system import ordered_map
+
+    started, lock = [0], threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started[0] += 1
+        return i * i
+
+    consumed, peak = 0, 0
+    with ThreadPoolExecutor(4) as pool:
+        for consumed, value in enumerate(ordered_map(pool, work, range(5000), ahead=16), start=1):
+            assert value == (consumed - 1) ** 2
+            peak = max(peak, started[0] - consumed)
+        assert consumed == 5000 and peak <= 16
+        started[0] = 0
+        stream = ordered_map(pool, work, iter(range(10**6)), ahead=16)
+        assert [next(stream) for _ in range(10)] == [i * i for i in range(10)]
+        stream.close()
+    assert started[0] <= 10 + 16

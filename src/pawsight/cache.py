@@ -27,7 +27,8 @@ Entries are keyed by file *content* and preprocessing, so renaming or copying a 
 decoding, each chunk with its index lines (index.log) in one step under a file lock: an interrupted run
 keeps the chunks it finished and leaves no unindexed rows (a killed writer's tail is cut off by the next).
 Appending lines keeps that linear in the number of pictures; the tables (index.json, files.json, meta.json)
-are rewritten at the end of a load and every TABLES_SECONDS.
+are rewritten at the end of a load and every TABLES_SECONDS or more (see TABLES_SHARE); files.json and
+meta.json are read again for that only when another process wrote them meanwhile (`Table`).
 
 An older cache (format 2: raw rows in pixels/<preprocessing>/pool.u8) is recognised by that file and
 replaced: its pools are deleted under the lock and the generation changes (`replace_legacy_pools`).
@@ -57,7 +58,7 @@ from .errors import PawsightError
 from .images import DECODER, ImageError, Preprocessing, file_hash, open_checked, open_rgb, perceptual_hash
 from .progress import progress
 from .storage import CACHE_ADVICE, atomic_write_json, fsync_dir, writing
-from .system import default_workers
+from .system import default_workers, ordered_map
 
 FORMAT = 3  # 3: JPEG rows in segments, capped and evicted (2: raw rows in pool.u8, phash from a thumbnail)
 POOL_QUALITY = 92  # JPEG quality of the stored pixels (4:2:0); measured in docs/benchmarks.md ("cache")
@@ -66,10 +67,13 @@ SEGMENT_BYTES = 64 * 2**20  # a segment is the unit of eviction; few enough file
 SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".jpgs"
 APPEND_ROWS = 256  # encoded rows held in memory before they are appended to the pool
 BATCH_ROWS = 256  # rows decoded at once by consumers walking a whole collection (`batches`)
-# files.json and meta.json (whole-table rewrites) are merged at most this often during a load, and at its end:
+# files.json and meta.json (whole-table rewrites) are written at most this often during a load and at its end:
 # an interruption loses at most this much decoding work, and a large load rewrites them a bounded number of
-# times (per chunk, 1,000,000 pictures would rewrite ~100 MB tables 4,000 times).
+# times (per chunk, 1,000,000 pictures would rewrite ~100 MB tables 4,000 times). And at most once per
+# TABLES_SHARE x the time the last write took: at a million pictures one write takes ~5 s (measured: parsing
+# and writing 100,000 entries of each takes ~0.45 s), which would be a sixth of a 30-second interval.
 TABLES_SECONDS = 30.0
+TABLES_SHARE = 20
 
 Entry = tuple[str, int, int]  # (segment file name, offset, length)
 
@@ -91,16 +95,10 @@ class ImageCache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         claim_cache(self.root)
+        self._readers: dict[Path, IndexReader] = {}  # the pool indexes this object appends to
         cache_max()  # a nonsense PAWSIGHT_CACHE_MAX is one line now, not after decoding every picture
 
     # -- small JSON tables ---------------------------------------------------------------------------
-    def _read_json(self, path: Path) -> dict[str, Any]:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}  # missing or damaged: rebuilt from the files
-        return data if isinstance(data, dict) else {}
-
     def _writing(self, what: str = "the decode cache") -> Any:
         """Disk errors inside become one line: what failed, where, and 'free space or cache clear'."""
         return writing(what, self.root, CACHE_ADVICE)
@@ -131,11 +129,12 @@ class ImageCache:
              desc: str = "decoding") -> Decoded:
         """Pictures of every readable file in `paths` under `prep` (read lazily from the pool); bad ones are
         skipped with a reason."""
-        paths = [Path(p) for p in paths]
+        paths = [p if isinstance(p, Path) else Path(p) for p in paths]  # Path(p) would copy a million paths
         replace_legacy_pools(self.root)
         generation = self._generation()
-        files = self._read_json(self.root / "files.json")
-        meta = self._read_json(self.root / "meta.json")
+        tables = Tables(self.root)
+        files, meta = tables.files.data, tables.meta.data
+        errors: dict[str, dict[str, Any]] = {}  # reasons of files that could not even be read (not cached)
         index = self._valid_index(self._pool_dir(prep), prep)
 
         hashes: list[str | None] = [None] * len(paths)
@@ -152,10 +151,7 @@ class ImageCache:
         if todo:
             with self._writing():
                 self.root.mkdir(parents=True, exist_ok=True)  # a file or /proc in the way: say so first
-            new_files: dict[str, str] = {}
-            new_meta: dict[str, Any] = {}
             rows: dict[str, bytes] = {}  # encoded but not yet appended to the pool
-            tables_at = time.monotonic()
 
             def work(i: int) -> tuple[int, str | None, str | None, dict[str, Any] | None, bytes | None]:
                 sig, h, info, pixels = decode_file(paths[i], prep, lambda h: known(h, meta, index))
@@ -166,45 +162,43 @@ class ImageCache:
             # results need no pickling; rows stream to the pool in chunks: memory stays flat. Each chunk is
             # appended and indexed in one locked step, so an interrupted run keeps every chunk it finished
             # (the next run reuses them) and leaves no unindexed rows behind.
-            pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+            threads = workers or default_workers()
+            pool = ThreadPoolExecutor(max_workers=threads)
             try:
-                results = pool.map(work, todo)
+                results = ordered_map(pool, work, todo, ahead=16 * threads)
                 for i, sig, h, info, blob in progress(results, total=len(todo), desc=desc, unit="img"):
                     if h is None:  # could not even be read: reason is in info
                         hashes[i] = f"unreadable:{i}"
-                        meta[hashes[i]] = info
+                        errors[hashes[i]] = info  # type: ignore[assignment]
                         continue
                     hashes[i] = h
                     if sig:
-                        files[sig] = new_files[sig] = h
+                        tables.files.add(sig, h)
                     if info is None:  # renamed or copied: content already cached, nothing decoded
                         continue
                     n_decoded += 1
-                    meta[h] = new_meta[h] = info
+                    tables.meta.add(h, info)
                     if blob is not None and h not in index:
                         rows[h] = blob
                         if len(rows) >= APPEND_ROWS:
-                            tables = time.monotonic() - tables_at >= TABLES_SECONDS
-                            index = self._append_commit(prep, rows, new_files if tables else {},
-                                                        new_meta if tables else {}, generation)
+                            index = self._append_commit(prep, rows, tables if tables.due() else None,
+                                                        generation)
                             rows = {}
-                            if tables:
-                                new_files, new_meta, tables_at = {}, {}, time.monotonic()
-                index = self._append_commit(prep, rows, new_files, new_meta, generation, compact=True)
+                index = self._append_commit(prep, rows, tables, generation, compact=True)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # stop decoding: nothing more can be kept
                 raise
             pool.shutdown(wait=True)
 
-        out = self._gather(paths, hashes, labels, meta, prep, generation, decoded=n_decoded)
+        out = self._gather(paths, hashes, labels, meta, errors, prep, generation, decoded=n_decoded)
         self.evict(keep=out.images.segment_paths())
         return out
 
-    def _append_commit(self, prep: Preprocessing, rows: dict[str, bytes], files: dict[str, str],
-                       meta: dict[str, Any], generation: str, compact: bool = False) -> dict[str, Entry]:
-        """Append encoded rows to the pool's last segment (or a new one) and their lines to index.log, merge
-        `files` and `meta` into the tables (with what other processes wrote), and with `compact` fold the log
-        into index.json — all under the cache lock; returns the index.
+    def _append_commit(self, prep: Preprocessing, rows: dict[str, bytes], tables: Tables | None,
+                       generation: str, compact: bool = False) -> dict[str, Entry]:
+        """Append encoded rows to the pool's last segment (or a new one) and their lines to index.log, write
+        `tables` (merged with what other processes wrote), and with `compact` fold the log into index.json —
+        all under the cache lock; returns the index.
 
         Every writer appends and indexes in this one locked step, so bytes past the last indexed row of a
         segment, and segments no entry names, can only be a killed writer's: they are cut off or deleted
@@ -217,32 +211,25 @@ class ImageCache:
             for folder in (self.root, pool_dir):  # cache tables are only written under this lock, so a
                 for stale in folder.glob(".*.tmp"):  # temporary file seen now is a killed writer's litter
                     stale.unlink(missing_ok=True)
-            index = valid_index(pool_dir)
+            reader = self._readers.setdefault(pool_dir, IndexReader(pool_dir))
+            index = reader.refresh()
             fresh = {h: b for h, b in rows.items() if h not in index}  # another writer may have won
             if fresh:
                 pool_dir.mkdir(parents=True, exist_ok=True)
-                ends: dict[str, int] = {}
-                for seg, offset, length in index.values():
-                    ends[seg] = max(ends.get(seg, 0), offset + length)
+                ends = reader.ends
                 for seg in segment_names(pool_dir):
                     if seg not in ends:  # a killed writer's segment: nothing points into it
                         (pool_dir / seg).unlink(missing_ok=True)
                 last = max(ends, default=None)
                 target = last if last is not None and ends[last] < SEGMENT_BYTES else \
                     next_segment_name(last)
-                added = self._append_rows(pool_dir, target, ends.get(target, 0), fresh)
-                index.update(added)
+                self._append_rows(pool_dir, target, ends.get(target, 0), fresh)
+                index = reader.refresh()  # reads back just the lines appended now
             if compact and (pool_dir / "index.log").exists():
                 self._write_json(pool_dir / "index.json", index)  # then the log it now holds can go
                 (pool_dir / "index.log").unlink(missing_ok=True)
-            if files:
-                disk_files = self._read_json(self.root / "files.json")
-                disk_files.update(files)
-                self._write_json(self.root / "files.json", disk_files)
-            if meta:
-                disk_meta = self._read_json(self.root / "meta.json")
-                disk_meta.update(meta)
-                self._write_json(self.root / "meta.json", disk_meta)
+            if tables is not None:
+                tables.write(self._write_json)
         return index
 
     @staticmethod
@@ -264,8 +251,7 @@ class ImageCache:
             with open(pool_dir / "index.log", "ab", buffering=0) as log:
                 log_start = log.seek(0, os.SEEK_END)
                 if log_start:  # a killed writer's torn last line: cut back to the last whole line
-                    text = (pool_dir / "index.log").read_bytes()
-                    log_start = text.rfind(b"\n") + 1
+                    log_start = last_line_end(pool_dir / "index.log", log_start)
                     log.truncate(log_start)
                 try:
                     for blob in fresh.values():
@@ -286,7 +272,8 @@ class ImageCache:
         return added
 
     def _gather(self, paths: list[Path], hashes: list[str | None], labels: Sequence[int] | None,
-                meta: dict[str, Any], prep: Preprocessing, generation: str, decoded: int) -> Decoded:
+                meta: dict[str, Any], errors: dict[str, dict[str, Any]], prep: Preprocessing, generation: str,
+                decoded: int) -> Decoded:
         """The Decoded of `paths`: its rows' segments are opened under the lock (eviction and clearing take
         it too), so the rows stay readable however long the command runs, even if they are deleted later."""
         pool_dir = self._pool_dir(prep)
@@ -299,7 +286,8 @@ class ImageCache:
                 if h in index:
                     keep.append(i)
                 else:
-                    skipped.append(Skip(str(paths[i]), meta.get(h or "", {}).get("error", "unreadable")))
+                    info = meta.get(h or "") or errors.get(h or "") or {}
+                    skipped.append(Skip(str(paths[i]), info.get("error", "unreadable")))
             kept = [hashes[i] for i in keep]
             images = PoolRows.open(pool_dir, [index[h] for h in kept], prep,  # type: ignore[index]
                                    keys=[row_key(h, prep) for h in kept])  # type: ignore[arg-type]
@@ -369,23 +357,160 @@ def valid_index(pool_dir: Path) -> dict[str, Entry]:
     evicted segment); a torn last log line is ignored."""
     raw = _read_index_json(pool_dir / "index.json")
     try:
-        log = (pool_dir / "index.log").read_text(errors="replace")
+        log = (pool_dir / "index.log").read_bytes()
     except OSError:
-        log = ""
-    for line in log.split("\n")[:-1]:  # complete lines only: a killed writer's torn line is not read
-        parts = line.split(" ")
-        if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
-            raw[parts[0]] = [parts[1], int(parts[2]), int(parts[3])]
+        log = b""
+    raw.update(_log_lines(log)[0])
+    return _validated(raw, segment_sizes(pool_dir))
+
+
+def last_line_end(path: Path, size: int, block: int = 1 << 16) -> int:
+    """Offset just past the last newline of the file's first `size` bytes (0 if none), reading it backwards
+    from `size` a block at a time: the whole log would be read for every appended chunk otherwise."""
+    with open(path, "rb") as fh:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            at = fh.read(end - start).rfind(b"\n")
+            if at >= 0:
+                return start + at + 1
+            end = start
+    return 0
+
+
+def segment_sizes(pool_dir: Path) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for name in segment_names(pool_dir):
         with suppress(OSError):
             sizes[name] = (pool_dir / name).stat().st_size
+    return sizes
+
+
+def _log_lines(log: bytes) -> tuple[dict[str, Any], int]:
+    """(hash -> raw entry, bytes read) of index.log's complete lines: a killed writer's torn line is not
+    read."""
+    end = log.rfind(b"\n") + 1
+    raw: dict[str, Any] = {}
+    for line in log[:end].decode(errors="replace").split("\n")[:-1]:
+        parts = line.split(" ")
+        if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
+            raw[parts[0]] = [parts[1], int(parts[2]), int(parts[3])]
+    return raw, end
+
+
+def _validated(raw: dict[str, Any], sizes: dict[str, int]) -> dict[str, Entry]:
+    """The entries of `raw` that point inside a segment of these `sizes`."""
     out: dict[str, Entry] = {}
     for h, e in raw.items():
         if (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], int)
                 and isinstance(e[2], int) and e[1] >= 0 and e[2] > 0 and e[1] + e[2] <= sizes.get(e[0], -1)):
             out[h] = (e[0], e[1], e[2])
     return out
+
+
+class Table:
+    """One of the cache's JSON tables (files.json or meta.json) as a load holds it: what it read at the start
+    plus what it added since, written back whole under the lock.
+
+    Writing back merges with what other processes wrote meanwhile. The merge reads the table again (a second
+    copy in memory: ~1 GB for both tables at a million pictures) only when the file changed since this load
+    last read or wrote it; with no other writer, the load's own copy is the table."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = _file_sig(path)  # before reading: a change during the read is then seen as a change
+        self.data: dict[str, Any] = _read_index_json(path)
+        self._new: dict[str, Any] = {}
+
+    def add(self, key: str, value: Any) -> None:
+        self.data[key] = self._new[key] = value
+
+    def write(self, write_json: Callable[[Path, Any], None]) -> None:
+        """Under the cache lock."""
+        if not self._new:
+            return
+        if _file_sig(self.path) != self._seen:  # another process wrote it: theirs plus ours
+            disk = _read_index_json(self.path)
+            disk.update(self._new)
+            self.data.clear()
+            self.data.update(disk)  # the same dict: the load looks entries up in it
+        write_json(self.path, self.data)
+        self._seen, self._new = _file_sig(self.path), {}
+
+
+class Tables:
+    """files.json and meta.json of one load, written at most every TABLES_SECONDS (see TABLES_SHARE)."""
+
+    def __init__(self, root: Path) -> None:
+        self.files, self.meta = Table(root / "files.json"), Table(root / "meta.json")
+        self._at, self._took = time.monotonic(), 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() - self._at >= max(TABLES_SECONDS, TABLES_SHARE * self._took)
+
+    def write(self, write_json: Callable[[Path, Any], None]) -> None:
+        t = time.monotonic()
+        self.files.write(write_json)
+        self.meta.write(write_json)
+        self._at, self._took = time.monotonic(), time.monotonic() - t
+
+
+def _file_sig(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class IndexReader:
+    """`valid_index(pool_dir)` kept current by a writer that appends many chunks, reading only what changed.
+
+    Re-reading the whole index for every appended chunk made a load quadratic: a million pictures are ~4,000
+    chunks, each parsing and checking up to a million lines. Here each call reads index.log from where the
+    last one stopped; anything else that can change the index — index.json rewritten (a compaction, an
+    eviction), the log replaced or cut, a segment gone or shorter — makes it read everything again, as
+    `valid_index` does. Call it under the cache lock: no writer is between its reads then."""
+
+    def __init__(self, pool_dir: Path) -> None:
+        self.pool_dir = pool_dir
+        self.index: dict[str, Entry] = {}
+        self.ends: dict[str, int] = {}  # segment -> end of its last indexed row
+        self._sizes: dict[str, int] = {}
+        self._json: tuple[int, int, int] | None = None
+        self._log: tuple[int, int] | None = None  # (inode, bytes read) of index.log
+        self._fresh = False
+
+    def refresh(self) -> dict[str, Entry]:
+        sizes = segment_sizes(self.pool_dir)
+        json_sig = _file_sig(self.pool_dir / "index.json")
+        log_path = self.pool_dir / "index.log"
+        log_sig = _file_sig(log_path)
+        changed = (not self._fresh or json_sig != self._json
+                   or any(sizes.get(name, -1) < size for name, size in self._sizes.items())
+                   or (self._log is not None and self._log[1] > 0
+                       and (log_sig is None or log_sig[0] != self._log[0] or log_sig[2] < self._log[1])))
+        if changed:
+            self.index, self.ends, self._log = {}, {}, None
+            self._add(_read_index_json(self.pool_dir / "index.json"), sizes)
+        start = self._log[1] if self._log is not None else 0
+        try:
+            with open(log_path, "rb") as fh:
+                inode = os.fstat(fh.fileno()).st_ino
+                fh.seek(start)
+                raw, used = _log_lines(fh.read())
+        except OSError:
+            inode, raw, used = 0, {}, 0
+        self._add(raw, sizes)
+        self._log = (inode, start + used) if inode else None
+        self._sizes, self._json, self._fresh = sizes, json_sig, True
+        return self.index
+
+    def _add(self, raw: dict[str, Any], sizes: dict[str, int]) -> None:
+        for h, (seg, offset, length) in _validated(raw, sizes).items():
+            self.index[h] = (seg, offset, length)
+            self.ends[seg] = max(self.ends.get(seg, 0), offset + length)
 
 
 def _read_index_json(path: Path) -> dict[str, Any]:

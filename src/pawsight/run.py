@@ -612,11 +612,11 @@ def sha256_many(paths: list[Path]) -> list[str | None]:
         except OSError:
             return None
 
-    from .system import default_workers
+    from .system import default_workers, ordered_map
 
     workers = min(8, default_workers())
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, paths))
+        return list(ordered_map(pool, one, paths, ahead=16 * workers))
 
 
 def write_manifest(run_dir: Path, root: Path, pictures: list[tuple[Path, str, str]]) -> Path:
