@@ -417,6 +417,7 @@ def test_interrupted_load_keeps_its_finished_chunks_and_leaves_no_unindexed_rows
     assert len(paths) > 60
     monkeypatch.setattr(cache_module, "APPEND_ROWS", 16)
     monkeypatch.setattr(cache_module, "TABLES_SECONDS", 0.0)  # tables with every chunk: decoding is reused
+    monkeypatch.setattr(cache_module, "TABLES_SHARE", 0)
     real, calls = cache_module.decode_file, []
 
     def interrupted(*args, **kwargs):

@@ -193,6 +193,7 @@ def test_tables_written_by_two_loads_at_once_keep_both(tiny: Path, tmp_path: Pat
     writes (a load rewrites its own copy of a table only while nobody else has written it)."""
     monkeypatch.setattr(cache_module, "APPEND_ROWS", 8)
     monkeypatch.setattr(cache_module, "TABLES_SECONDS", 0.0)
+    monkeypatch.setattr(cache_module, "TABLES_SHARE", 0)
     prep = Preprocessing(32)
     cats, dogs = pictures(tiny, cls="cats"), pictures(tiny, cls="dogs")
     root = tmp_path / "cache"

@@ -67,11 +67,12 @@ SEGMENT_BYTES = 64 * 2**20  # a segment is the unit of eviction; few enough file
 SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".jpgs"
 APPEND_ROWS = 256  # encoded rows held in memory before they are appended to the pool
 BATCH_ROWS = 256  # rows decoded at once by consumers walking a whole collection (`batches`)
-# files.json and meta.json (whole-table rewrites) are written at most this often during a load and at its end:
-# an interruption loses at most this much decoding work, and a large load rewrites them a bounded number of
-# times (per chunk, 1,000,000 pictures would rewrite ~100 MB tables 4,000 times). And at most once per
-# TABLES_SHARE x the time the last write took: at a million pictures one write takes ~5 s (measured: parsing
-# and writing 100,000 entries of each takes ~0.45 s), which would be a sixth of a 30-second interval.
+# files.json and meta.json (whole-table rewrites) are written during a load every TABLES_SECONDS, or every
+# TABLES_SHARE x the time the last write took if that is longer, and at its end. An interruption loses at most
+# that much decoding work (the next run decodes those pictures again); a large load rewrites them a bounded
+# number of times (per chunk, 1,000,000 pictures would rewrite ~100 MB tables 4,000 times) and spends at most
+# 1/TABLES_SHARE of its time on it: at a million pictures one write takes ~5 s (measured: parsing and writing
+# 100,000 entries of each takes ~0.45 s), a sixth of a 30-second interval.
 TABLES_SECONDS = 30.0
 TABLES_SHARE = 20
 
@@ -108,6 +109,11 @@ class ImageCache:
 
     def _locked(self) -> Any:
         return cache_lock(self.root)
+
+    def _reader(self, pool_dir: Path) -> IndexReader:
+        if pool_dir not in self._readers:
+            self._readers[pool_dir] = IndexReader(pool_dir)
+        return self._readers[pool_dir]
 
     def _pool_dir(self, prep: Preprocessing) -> Path:
         return self.root / "pixels" / prep.key
@@ -211,7 +217,7 @@ class ImageCache:
             for folder in (self.root, pool_dir):  # cache tables are only written under this lock, so a
                 for stale in folder.glob(".*.tmp"):  # temporary file seen now is a killed writer's litter
                     stale.unlink(missing_ok=True)
-            reader = self._readers.setdefault(pool_dir, IndexReader(pool_dir))
+            reader = self._reader(pool_dir)
             index = reader.refresh()
             fresh = {h: b for h, b in rows.items() if h not in index}  # another writer may have won
             if fresh:
@@ -228,6 +234,7 @@ class ImageCache:
             if compact and (pool_dir / "index.log").exists():
                 self._write_json(pool_dir / "index.json", index)  # then the log it now holds can go
                 (pool_dir / "index.log").unlink(missing_ok=True)
+                reader.compacted()
             if tables is not None:
                 tables.write(self._write_json)
         return index
@@ -279,7 +286,7 @@ class ImageCache:
         pool_dir = self._pool_dir(prep)
         with self._locked():
             self._check_generation(generation)  # rows indexed before a clear could be another picture's
-            index = valid_index(pool_dir)
+            index = self._reader(pool_dir).refresh()  # the appending load's own index: not read twice
             keep: list[int] = []
             skipped: list[Skip] = []
             for i, h in enumerate(hashes):
@@ -507,6 +514,10 @@ class IndexReader:
         self._sizes, self._json, self._fresh = sizes, json_sig, True
         return self.index
 
+    def compacted(self) -> None:
+        """This reader's entries were just written to index.json and index.log removed (under the lock)."""
+        self._json, self._log = _file_sig(self.pool_dir / "index.json"), None
+
     def _add(self, raw: dict[str, Any], sizes: dict[str, int]) -> None:
         for h, (seg, offset, length) in _validated(raw, sizes).items():
             self.index[h] = (seg, offset, length)
@@ -594,12 +605,12 @@ class PoolRows:
 
     MAX_ROWS: int | None = None
 
-    def __init__(self, segments: _Segments, entries: np.ndarray, size: int, keys: list[str],
+    def __init__(self, segments: _Segments, entries: np.ndarray, size: int, keys: list[str] | np.ndarray,
                  mirror: bool = False) -> None:
         self._segments = segments
         self._entries = entries  # (n, 3) int64: segment number, offset, length
         self._size = size
-        self._keys = keys
+        self._keys = np.asarray(keys, dtype="S32")  # row_key hex digests: 32 bytes a row, not an 81-byte str
         self._mirror = mirror  # rows read left-right mirrored (X[:, :, ::-1] without reading anything)
 
     @classmethod
@@ -651,7 +662,7 @@ class PoolRows:
     def take(self, idx: Any) -> PoolRows:
         """Rows `idx` as another lazy PoolRows (nothing is read)."""
         pos = self._positions(idx)
-        return PoolRows(self._segments, self._entries[pos], self._size, [self._keys[i] for i in pos],
+        return PoolRows(self._segments, self._entries[pos], self._size, self._keys[pos],
                         self._mirror)
 
     def mirrored(self) -> PoolRows:
@@ -660,9 +671,10 @@ class PoolRows:
 
     def keys(self) -> list[str]:
         """Stable per-row keys for feature caches (row_key): known without decoding anything."""
+        keys = [k.decode() for k in self._keys.tolist()]
         if not self._mirror:
-            return list(self._keys)
-        return [hashlib.blake2b(f"{k}|mirrored".encode(), digest_size=16).hexdigest() for k in self._keys]
+            return keys
+        return [hashlib.blake2b(f"{k}|mirrored".encode(), digest_size=16).hexdigest() for k in keys]
 
     def segment_paths(self) -> set[Path]:
         return {self._segments.pool_dir / n for n in self._segments.names}

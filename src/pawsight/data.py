@@ -49,14 +49,14 @@ def is_run_dir(path: Path) -> bool:
     return (path / RUN_MARKER).is_file()
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance __dict__: ~100 bytes less per picture, 100 MB at a million
 class Sample:
     path: Path
     label: int
     split: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Skip:
     path: str
     reason: str
