@@ -125,6 +125,43 @@ def test_find_groups_exact_near_transitive_and_far() -> None:
     assert [(sorted(g.members), g.kind, g.distance) for g in exact] == [([0, 1], "exact", 0)]
 
 
+def test_find_groups_matches_a_union_of_every_pair() -> None:
+    """The connected components equal what a union-find over every close pair gives, on random hashes with
+    planted copies, repeated files, unknown pHashes and chains."""
+    rng = np.random.default_rng(7)
+    n = 600
+    phashes: list[int | None] = [int(x) for x in rng.integers(0, 2**64, size=n, dtype=np.uint64)]
+    content = [f"file{i}" for i in range(n)]
+    for i in rng.choice(n, size=120, replace=False).tolist():  # near copies (0-5 bits off) of a random one
+        j = int(rng.integers(n))
+        bits = rng.choice(64, size=int(rng.integers(0, 6)), replace=False)
+        phashes[i] = phashes[j] ^ int(sum(1 << int(b) for b in bits))  # type: ignore[operator]
+    for i in rng.choice(n, size=40, replace=False).tolist():
+        content[i] = content[int(rng.integers(n))]  # the same file twice
+    for i in rng.choice(n, size=30, replace=False).tolist():
+        phashes[i] = None
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = phashes[i], phashes[j]
+            if content[i] == content[j] or (a is not None and b is not None and bin(a ^ b).count("1") <= 4):
+                parent[find(j)] = find(i)
+    expected: dict[int, list[int]] = {}
+    for i in range(n):
+        expected.setdefault(find(i), []).append(i)
+    want = sorted(m for m in expected.values() if len(m) > 1)
+    got = find_groups(content, phashes)
+    assert [g.members for g in got] == want and len(want) > 50
+    for g in got:
+        assert g.kind == ("exact" if len({content[i] for i in g.members}) == 1 else "near")
+
+
 def reencode(src: Path, dst: Path, scale: float = 0.8, quality: int = 70) -> None:
     """A different file of the same photo: resized and recompressed."""
     dst.parent.mkdir(parents=True, exist_ok=True)

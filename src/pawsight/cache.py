@@ -91,6 +91,18 @@ class Decoded:
     skipped: list[Skip] = field(default_factory=list)
     decoded: int = 0  # files read and decoded (cache misses); unreadable paths (dangling links) not counted
 
+    def kept_of(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The samples (of the list these pictures were loaded from) whose pictures were read, in order: the
+        pictures are that list without the skipped files, so one walk pairs them (no dict of every path)."""
+        kept: list[Sample] = []
+        paths = self.paths
+        for s in samples:
+            if len(kept) < len(paths) and (s.path is (p := paths[len(kept)]) or str(s.path) == str(p)):
+                kept.append(s)
+        if len(kept) != len(paths):
+            raise ValueError("these pictures were not loaded from these samples")
+        return kept
+
 
 class ImageCache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:

@@ -71,10 +71,9 @@ def inspect_data(data: str | Path, val_fraction: float = 0.2, seed: int = 0, siz
 
 def readable_counts(ds: DataSet, decoded: Decoded) -> dict[str, dict[str, int]]:
     """split -> class -> number of *readable* pictures (skipped files are not counted)."""
-    split_of = {str(s.path): s.split for s in ds.samples}
     counts = {split: dict.fromkeys(ds.classes, 0) for split in ds.splits}
-    for path, label in zip(decoded.paths, decoded.labels.tolist(), strict=True):
-        counts[split_of[str(path)]][ds.classes[label]] += 1
+    for sample in decoded.kept_of(ds.samples):
+        counts[sample.split][ds.classes[sample.label]] += 1
     return counts
 
 
