@@ -191,8 +191,8 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     timings["scan"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    tr = cache.load_samples(ds.split("train"), prep, desc="decoding train")
-    va = cache.load_samples(ds.split("validation"), prep, desc="decoding validation")
+    tr = cache.load_samples(ds.split("train"), prep, desc="decoding train", keep_meta=False)
+    va = cache.load_samples(ds.split("validation"), prep, desc="decoding validation", keep_meta=False)
     timings["decode"] = time.perf_counter() - t
     release_freed_memory()  # the decoding threads' temporaries: not carried into the fit (system.py)
     if len(set(tr.labels.tolist())) < 2:

@@ -50,6 +50,12 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def unit32(x: np.ndarray) -> np.ndarray:
+    """`unit` in float32 throughout, for the batches of the streamed path: no float64 copy of a batch."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+
+
 def knn_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     """1 - mean of the k largest cosine similarities of each (unit) query row to the (unit) bank rows."""
     k = max(1, min(int(k), len(bank)))
@@ -158,7 +164,7 @@ def streamed_distances(features: np.ndarray | RowFile, y: np.ndarray, k: int, fo
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros((len(y), 1)), y):
         bank = streamed_reference(features, fit, max(1, round(limit * len(fit) / len(y))), seed)
         for pos, F in row_batches(features, STREAM_ROWS, held):
-            out[pos] = knn_distance(unit(F).astype(np.float32), bank, k)
+            out[pos] = knn_distance(unit32(F), bank, k)
     return out
 
 
@@ -171,7 +177,7 @@ def streamed_reference(features: np.ndarray | RowFile, idx: np.ndarray, limit: i
     def rows(positions: np.ndarray) -> np.ndarray:
         positions = np.sort(positions)
         F = features.take(positions) if isinstance(features, RowFile) else np.asarray(features)[positions]
-        return unit(F).astype(np.float32)
+        return unit32(F)
 
     if len(idx) <= limit:
         return rows(idx)
