@@ -49,7 +49,7 @@ def is_run_dir(path: Path) -> bool:
     return (path / RUN_MARKER).is_file()
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per picture: a collection holds one of these for each
 class Sample:
     path: Path
     label: int
