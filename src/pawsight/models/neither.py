@@ -40,7 +40,11 @@ MAX_REFERENCE = 2500
 # Beyond MAX_REFERENCE the training features are never held at once (issue 16: memory flat in the collection):
 # k-means and the cross-validated distances read them STREAM_ROWS at a time from wherever they are (an array,
 # or the RowFile training writes), each k-means step on a random batch of that size (MiniBatchKMeans's own
-# batch size here), KMEANS_EPOCHS passes over the rows.
+# batch size here), KMEANS_EPOCHS passes over the rows. Measured on the 20,000 training features of the
+# 25,000-picture synthetic collection, 2,500 centroids (mean cosine distance of a row to its centroid; the
+# 0.99 quantile of held-out rows' 5-NN distance, which sets the threshold): MiniBatchKMeans.fit as before
+# 0.0680, 0.392, 14.9 s; streamed 1 epoch 0.0685, 0.381, 2.9 s; 3 epochs 0.0649, 0.381, 8.8 s; 5 epochs
+# 0.0644, 0.382, 14.4 s (load average 3-4).
 STREAM_ROWS = 4096
 KMEANS_EPOCHS = 3
 

@@ -10,7 +10,10 @@ Two modes:
   once per picture (ONNX Runtime on CPU) and cached under `<cache>/features/`, keyed by the pixels' hash +
   backbone + weights hash + preprocessing, so a second training or an evaluation costs a lookup. The head is
   a logistic regression on standardised features whose C is picked by cross-validation on the training set:
-  seconds, and on photos close to ImageNet as accurate as fine-tuning.
+  seconds, and on photos close to ImageNet as accurate as fine-tuning. Training reads the features from a
+  temporary file in batches (storage.RowFile), never as one table: beyond HEAD_IN_MEMORY training rows, C is
+  cross-validated on a sample of that size and the head fitted with the rows streamed (fit_linear_head), so
+  memory does not grow with the collection.
 - **finetune**: the whole network trains with `training.fit_network` (checkpoints, resume, time budget). The
   head is warmed up first with the backbone frozen -- exactly, as the linear probe above (LP-FT) -- since a
   random head would send large gradients into good features; then the backbone trains at a 10x lower
