@@ -34,6 +34,7 @@ from .run import (
     write_run_info,
 )
 from .scoring import evaluate
+from .system import release_freed_memory
 
 PathLike = str | os.PathLike[str]
 __all__ = ["evaluate", "load", "predict", "train"]  # evaluate lives in scoring.py (the waist), shown here
@@ -190,9 +191,10 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
     timings["scan"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    tr = cache.load_samples(ds.split("train"), prep, desc="decoding train")
-    va = cache.load_samples(ds.split("validation"), prep, desc="decoding validation")
+    tr = cache.load_samples(ds.split("train"), prep, desc="decoding train", keep_meta=False)
+    va = cache.load_samples(ds.split("validation"), prep, desc="decoding validation", keep_meta=False)
     timings["decode"] = time.perf_counter() - t
+    release_freed_memory()  # the decoding threads' temporaries: not carried into the fit (system.py)
     if len(set(tr.labels.tolist())) < 2:
         raise PawsightError("fewer than two classes have readable training images; nothing to learn")
 
@@ -201,6 +203,7 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
               va.labels if len(va.labels) else None, classes=ds.classes, run_dir=out)
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in getattr(model, "timings_", {}).items()})
+    release_freed_memory()  # the fit's temporaries: not carried into export and evaluation
     if not main:
         return model, {}
 
@@ -215,6 +218,7 @@ def _train(model, ds: DataSet, data: PathLike, out: Path, approach: str, seed: i
         t = time.perf_counter()
         graph = _export_graph(out, model, va.images[:16] if len(va.labels) else None)
         timings["export"] = time.perf_counter() - t
+        release_freed_memory()
 
     metrics: dict[str, Any] = {"train_size": len(tr.labels)}
     if len(va.labels):

@@ -24,7 +24,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,35 +168,53 @@ class RowStore:
 
     def get(self, keys: list[str]) -> tuple[dict[int, np.ndarray], list[int]]:
         """({position: row} for the cached keys, positions of the missing ones)."""
-        where: dict[str, tuple[Path, int]] = {}
-        for index in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
+        found: dict[int, np.ndarray] = {}
+
+        def keep(pos: np.ndarray, rows: np.ndarray) -> None:
+            found.update(zip(pos.tolist(), rows, strict=True))
+
+        missing = self.copy_into(keys, keep)
+        return dict(sorted(found.items())), missing
+
+    def copy_into(self, keys: list[str], sink: Callable[[np.ndarray, np.ndarray], None]) -> list[int]:
+        """Hand the cached rows of `keys` to `sink(positions, rows)`, one shard at a time; return the
+        positions of the missing keys. Why shard by shard: a caller filling an (n, d) table (or a RowFile)
+        then holds one shard's rows at a time, not a Python object per row beside the table, and each shard
+        is opened once."""
+        where: dict[str, tuple[int, int]] = {}
+        indexes = sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []
+        for number, index in enumerate(indexes):
             try:
                 names = json.loads(index.read_text())
             except (OSError, ValueError):
                 continue
             if isinstance(names, list):
-                where.update({k: (index.with_suffix(".npy"), row) for row, k in enumerate(names)})
-        shards: dict[Path, np.ndarray | None] = {}
-        found: dict[int, np.ndarray] = {}
+                where.update({k: (number, row) for row, k in enumerate(names)})
+        wanted: dict[int, list[tuple[int, int]]] = {}
         missing: list[int] = []
         for i, k in enumerate(keys):
-            path, row = where.get(k, (None, -1))
-            if path is not None and path not in shards:
-                try:
-                    shards[path] = np.load(path, mmap_mode="r", allow_pickle=False)
-                except (OSError, ValueError):
-                    shards[path] = None
-            shard = shards.get(path) if path is not None else None
-            if (shard is None or shard.ndim != 2 or row >= len(shard)
-                    or (self.dim is not None and shard.shape[1] != self.dim)):
+            shard_row = where.get(k)
+            if shard_row is None:
                 missing.append(i)
             else:
-                found[i] = np.array(shard[row])
-        for path, shard in shards.items():  # used now: the cache's size cap evicts the least recently used
-            if shard is not None:
-                with contextlib.suppress(OSError):
-                    os.utime(path.with_suffix(".json"))
-        return found, missing
+                wanted.setdefault(shard_row[0], []).append((i, shard_row[1]))
+        del where
+        for number, pairs in sorted(wanted.items()):
+            path = indexes[number].with_suffix(".npy")
+            pos, rows = (np.asarray(c, np.int64) for c in zip(*pairs, strict=True))
+            try:
+                shard = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                shard = None
+            if (shard is None or shard.ndim != 2 or rows.max() >= len(shard)
+                    or (self.dim is not None and shard.shape[1] != self.dim)):
+                missing.extend(pos.tolist())
+                continue
+            sink(pos, np.array(shard[rows], np.float32))
+            del shard  # unmapped: its pages stop counting as this process's memory
+            with contextlib.suppress(OSError):  # used now: the cache's cap evicts the least recently used
+                os.utime(indexes[number])
+        return sorted(missing)
 
     def put(self, keys: list[str], rows: np.ndarray) -> None:
         if not keys:
@@ -214,6 +232,101 @@ class RowStore:
             if not existed:  # rows no index names would only take space
                 rows_path.unlink(missing_ok=True)
             raise
+
+
+class RowFile:
+    """An (n, dim) float32 table kept in an unnamed temporary file, written and read in batches.
+
+    Why: frozen transfer training walks the features of every training picture several times (the head's
+    standardisation, its fit, the learning curve, the neither score's k-means). Held in memory they cost
+    n x dim x 4 bytes (512 MB for 100,000 Lite0 pictures), and each copy made from them as much again; in a
+    file the process holds one batch and the operating system's page cache keeps the file warm. Reads use
+    pread, not a memory map, whose touched pages would count as the process's memory while it is mapped.
+    The file has no name (O_TMPFILE where the file system allows it): nothing is left behind, even after a
+    kill -9.
+    `rows[idx] = values` writes rows (any positions), `read(a, b)`, `take(idx)` and `batches()` read them.
+    """
+
+    def __init__(self, n: int, dim: int, directory: str | os.PathLike[str]) -> None:
+        self.shape = (int(n), int(dim))
+        self.dir = Path(directory)
+        with writing("temporary feature rows", self.dir, CACHE_ADVICE):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._file = tempfile.TemporaryFile(dir=self.dir)  # noqa: SIM115 - open until close()
+            self._file.truncate(self.shape[0] * self.row_bytes)  # a sparse file: no disk used until written
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __setitem__(self, pos: Any, rows: np.ndarray) -> None:
+        pos = np.arange(len(self))[pos] if isinstance(pos, slice) else np.asarray(pos, np.int64).reshape(-1)
+        rows = np.ascontiguousarray(rows, np.float32).reshape(len(pos), self.shape[1])
+        order = np.argsort(pos, kind="stable")
+        pos, rows = pos[order], rows[order]
+        with writing("temporary feature rows", self.dir, CACHE_ADVICE):
+            for a, b in _runs(pos):  # consecutive positions: one write each
+                os.pwrite(self._file.fileno(), rows[a:b].data, int(pos[a]) * self.row_bytes)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 as a fresh array."""
+        out = np.empty((max(0, stop - start), self.shape[1]), np.float32)
+        if len(out):
+            got = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], start * self.row_bytes)
+            if got != out.nbytes:
+                raise OSError(errno.EIO, "a temporary feature file is shorter than written")
+        return out
+
+    def take(self, idx: Any) -> np.ndarray:
+        """Rows `idx` (any order, repeats allowed) as a fresh array."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        for a, b in _runs(ordered):
+            out[order[a:b]] = self.read(int(ordered[a]), int(ordered[b - 1]) + 1)
+        return out
+
+    def batches(self, size: int = 4096, idx: np.ndarray | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, rows) of every row, or of the rows `idx` (increasing), `size` rows at a time."""
+        yield from row_batches(self, size, idx)
+
+
+def _runs(ordered: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(a, b) spans of `ordered` (sorted positions) whose positions are consecutive (repeats end a span)."""
+    if not len(ordered):
+        return
+    breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+    edges = [0, *breaks.tolist(), len(ordered)]
+    yield from zip(edges[:-1], edges[1:], strict=False)
+
+
+def row_batches(rows: Any, size: int = 4096, idx: np.ndarray | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions, rows) of an (n, d) array or a RowFile, `size` at a time, in order; with `idx` (increasing
+    positions) only those rows: how a fit walks its features with memory bounded by `size`."""
+    if idx is None:
+        for start in range(0, len(rows), size):
+            stop = min(start + size, len(rows))
+            block = rows.read(start, stop) if isinstance(rows, RowFile) else np.asarray(rows[start:stop])
+            yield np.arange(start, stop), block
+        return
+    idx = np.asarray(idx, np.int64)
+    for start in range(0, len(idx), size):
+        pos = idx[start:start + size]
+        yield pos, rows.take(pos) if isinstance(rows, RowFile) else np.asarray(rows[pos])
+
+
+def all_rows(rows: Any) -> np.ndarray:
+    """An array or a RowFile as one in-memory array (for tables known to be small)."""
+    return rows.read(0, len(rows)) if isinstance(rows, RowFile) else np.asarray(rows)
 
 
 # -- marked outputs ------------------------------------------------------------------------------------------

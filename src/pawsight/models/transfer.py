@@ -10,7 +10,10 @@ Two modes:
   once per picture (ONNX Runtime on CPU) and cached under `<cache>/features/`, keyed by the pixels' hash +
   backbone + weights hash + preprocessing, so a second training or an evaluation costs a lookup. The head is
   a logistic regression on standardised features whose C is picked by cross-validation on the training set:
-  seconds, and on photos close to ImageNet as accurate as fine-tuning.
+  seconds, and on photos close to ImageNet as accurate as fine-tuning. Training reads the features from a
+  temporary file in batches (storage.RowFile), never as one table: beyond HEAD_IN_MEMORY training rows, C is
+  cross-validated on a sample of that size and the head fitted with the rows streamed (fit_linear_head), so
+  memory does not grow with the collection.
 - **finetune**: the whole network trains with `training.fit_network` (checkpoints, resume, time budget). The
   head is warmed up first with the backbone frozen -- exactly, as the linear probe above (LP-FT) -- since a
   random head would send large gradients into good features; then the backbone trains at a 10x lower
@@ -37,12 +40,18 @@ from ..backbones import DEFAULT_BACKBONE, BackboneSpec, FeatureExtractor, resolv
 from ..cachedir import default_cache_dir
 from ..errors import PawsightError
 from ..images import Preprocessing
-from ..storage import RowStore
+from ..storage import RowFile, RowStore, all_rows, row_batches
 from .base import ImageClassifier, read_model_files, write_model_files
 
 FORMAT = 1
 MODES = ("frozen", "finetune")
 C_GRID = np.logspace(-3, 1, 9)  # inverse L2 strength for standardised features; chosen by CV on train
+# Training rows up to which the head (and each learning-curve refit) is fitted in memory by scikit-learn as
+# before: 8,192 x 1,280 float32 = 42 MB of features, plus the standardised copy and a fold's copy; above,
+# memory stays at that bound whatever the collection (fit_linear_head). The 3,000-picture set (2,400 training
+# rows) is below it: its runs are exactly as before.
+HEAD_IN_MEMORY = 8192
+STREAM_ROWS = 2048  # rows per batch read from a RowFile by the streamed fits: 2,048 x 1,280 float64 = 21 MB
 
 
 class TransferClassifier(ImageClassifier):
@@ -117,58 +126,92 @@ class TransferClassifier(ImageClassifier):
         self.timings_["backbone"] = time.perf_counter() - t
         self.net_, self.spec_ = net, spec
         self.learning_curve_ = None
-        if self.mode == "frozen":
-            self._fit_frozen(X, y)
-            if X_val is not None and y_val is not None and len(y_val):
+        rows: RowFile | None = None  # the training features, on disk: read by the head, curve and neither
+        val_rows: RowFile | None = None
+        try:
+            if self.mode == "frozen":
                 t = time.perf_counter()
-                self.learning_curve_ = self._learning_curve(X, y, X_val, np.asarray(y_val))
-                self.timings_["learning_curve"] = time.perf_counter() - t
-        else:
-            self._fit_finetune(X, y, X_val, y_val, run_dir)
-        self.neither_ = None
-        if self.neither:
-            t = time.perf_counter()
-            self.neither_ = self._fit_neither(X, y)
-            self.timings_["neither"] = time.perf_counter() - t
+                rows = self._feature_file(X, views=2 if self._use_tta() else 1)
+                if X_val is not None and y_val is not None and len(y_val):
+                    val_rows = self._feature_file(X_val)
+                self._release_extractor()
+                self.timings_["features"] = time.perf_counter() - t
+                self._fit_frozen(rows, y)
+                if val_rows is not None:
+                    t = time.perf_counter()
+                    self.learning_curve_ = self._learning_curve(rows, y, val_rows, np.asarray(y_val))
+                    self.timings_["learning_curve"] = time.perf_counter() - t
+            else:
+                self._fit_finetune(X, y, X_val, y_val, run_dir)
+            self.neither_ = None
+            if self.neither:
+                t = time.perf_counter()
+                self.neither_ = self._fit_neither(X, y, rows)
+                self.timings_["neither"] = time.perf_counter() - t
+        finally:
+            for table in (rows, val_rows):
+                if table is not None:
+                    table.close()
         return self
 
-    def _fit_neither(self, X: np.ndarray, y: np.ndarray):
+    def _release_extractor(self) -> None:
+        """Drop the feature extractor (its ONNX Runtime session and memory arena) once the training features
+        are written: the head and neither fits need the rows, not the network, and inference makes a new
+        one when asked. Then hand what the extraction freed back to the system (system.py)."""
+        from ..system import release_freed_memory
+
+        self.extractor_ = None
+        release_freed_memory()
+
+    def _fit_neither(self, X: np.ndarray, y: np.ndarray, rows: RowFile | None = None):
         """The neither score on the training pictures' features as the inference module sees them (TTA views
-        averaged), from the feature cache (frozen: already computed for the head; the head is fitted)."""
+        averaged), from the feature cache (frozen: the head's feature file `rows`, plain rows then mirrored
+        ones; finetune: new weights, new features)."""
         from .neither import fit_neither
 
-        return fit_neither(self._views(X)[1], y, seed=int(self.seed))
+        own = rows is None
+        if own:
+            rows = self._feature_file(X, views=2 if self._use_tta() else 1)
+        try:
+            views = len(rows) // max(1, len(y))
+            if views == 1:
+                return fit_neither(rows, y, seed=int(self.seed))
+            averaged = mean_of_views(rows, len(y), views)
+            try:
+                return fit_neither(averaged, y, seed=int(self.seed))
+            finally:
+                averaged.close()
+        finally:
+            if own:
+                rows.close()
 
-    def _fit_frozen(self, X: np.ndarray, y: np.ndarray, flip: bool | None = None) -> None:
-        t = time.perf_counter()
-        feats = self._features(X)
-        groups = np.arange(len(y))
-        # mirrored copies as extra training rows; CV folds keep both copies of a picture together
-        if self._use_tta() if flip is None else flip:
-            feats = np.concatenate([feats, self._features(X, flip=True)])
-            y, groups = np.concatenate([y, y]), np.concatenate([groups, groups])
-        self.timings_["features"] = time.perf_counter() - t
+    def _fit_frozen(self, rows: RowFile, y: np.ndarray) -> None:
+        """The cross-validated linear head on the feature file `rows` (`_feature_file`): one row per picture,
+        or with TTA the mirrored rows after them as extra training rows (CV folds keep both copies of a
+        picture together)."""
+        views = len(rows) // len(y)
+        groups = np.tile(np.arange(len(y)), views)
         t = time.perf_counter()
         self.head_weight_, self.head_bias_, self.C_, self.cv_accuracy_ = fit_linear_head(
-            feats, y, len(self.classes_), groups, self.seed)
+            rows, np.tile(y, views), len(self.classes_), groups, self.seed)
         self.timings_["head"] = time.perf_counter() - t
 
-    def _learning_curve(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray
+    def _learning_curve(self, rows: RowFile, y: np.ndarray, val_rows: RowFile, y_val: np.ndarray
                         ) -> dict[str, Any]:
-        """A logistic-regression head at the chosen C refitted on growing subsets of the cached training
-        features, scored on the validation pictures (base.learning_curve)."""
-        from sklearn.linear_model import LogisticRegression
-
+        """A logistic-regression head at the chosen C refitted on growing subsets of the training features
+        (the first len(y) rows of `rows`), scored on the validation features `val_rows` read a batch at a
+        time (base.learning_curve). Subsets up to HEAD_IN_MEMORY rows are fitted in memory by scikit-learn,
+        larger ones read from the file (`fit_head_at`)."""
         from .base import learning_curve
 
-        F_tr, F_va = self._features(X), self._features(X_val)  # training rows: cached by _fit_frozen
         C = float(getattr(self, "C_", None) or 1.0)
 
         def fit_score(idx: np.ndarray) -> float:
-            F = F_tr[idx]
-            mean, scale = F.mean(0), F.std(0) + 1e-6
-            clf = LogisticRegression(C=C, max_iter=2000).fit((F - mean) / scale, y[idx])
-            return float((clf.predict((F_va - mean) / scale) == y_val).mean())
+            weight, bias = fit_head_at(rows, y, idx, C, len(self.classes_))
+            right = 0
+            for pos, F in row_batches(val_rows, STREAM_ROWS):
+                right += int(((F @ weight.T + bias).argmax(1) == y_val[pos]).sum())
+            return right / len(y_val)
 
         return learning_curve(fit_score, y, len(y_val), seed=int(self.seed))
 
@@ -181,7 +224,11 @@ class TransferClassifier(ImageClassifier):
         from ..training import BatchAugment, TrainConfig, fit_network
 
         t0 = time.perf_counter()
-        self._fit_frozen(X, y, flip=False)  # the warm-up: linear probe (features cached: a re-run is free)
+        rows = self._feature_file(X)  # the warm-up: linear probe (features cached: a re-run is free)
+        try:
+            self._fit_frozen(rows, y)
+        finally:
+            rows.close()
         net = FinetuneNet(self.net_, self.head_weight_, self.head_bias_)
         size = self.preprocessing.size
         crop = max(32, int(round(size * 0.875 / 32)) * 32)  # train smaller, test at `size` (FixRes effect)
@@ -227,33 +274,53 @@ class TransferClassifier(ImageClassifier):
         return self.extractor_
 
     def _features(self, X: np.ndarray, flip: bool = False, cache: bool = True) -> np.ndarray:
-        """Backbone features of `X` (an array or the decode cache's lazy PoolRows), from the feature cache
-        where possible (computed and stored otherwise; with `cache=False` computed and nothing written, as
-        inference promises). Pictures are read BATCH_ROWS at a time and each computed batch is stored as it
-        is done: memory holds the (n, d) features and one batch of pixels, never the whole collection, and an
-        interrupted extraction keeps what it finished."""
+        """Backbone features of `X` (an array or the decode cache's lazy PoolRows) in memory, from the feature
+        cache where possible (computed and stored otherwise; with `cache=False` computed and nothing written,
+        as inference promises). For inference on the pictures at hand; training reads `_feature_file`."""
+        out = np.zeros((len(X), self.spec_.num_features), np.float32)
+        self._fill_features(out, X, flip, cache)
+        return out
+
+    def _feature_file(self, X: np.ndarray, views: int = 1) -> RowFile:
+        """The features of `X` in a RowFile (on disk, read back in batches): rows 0..n-1 the pictures, then,
+        with views=2, their mirrored copies. Why a file: training walks these rows several times, and an
+        (n, 1280) float32 table in memory grows with the collection (5 kB a picture)."""
+        out = RowFile(len(X) * views, self.spec_.num_features, default_cache_dir() / "features")
+        try:
+            for view in range(views):
+                self._fill_features(out, X, flip=view == 1, offset=view * len(X))
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    def _fill_features(self, out: np.ndarray | RowFile, X: np.ndarray, flip: bool = False, cache: bool = True,
+                       offset: int = 0) -> None:
+        """Write the features of `X` into rows offset.. of `out` (an array or a RowFile). Pictures are read
+        BATCH_ROWS at a time and each computed batch is stored as it is done; cached rows are copied one
+        feature-cache shard at a time: memory holds a batch of pixels or a shard of rows, never the whole
+        collection, and an interrupted extraction keeps what it finished."""
         from ..cache import BATCH_ROWS, batches, row_keys, take
 
         size = self.preprocessing.size
         if np.ndim(X) != 4 or tuple(np.shape(X)[1:]) != (size, size, 3):
             raise PawsightError(f"this model takes {size}x{size} RGB pictures, got an array of shape "
                                 f"{np.shape(X)}")
-        out = np.zeros((len(X), self.spec_.num_features), np.float32)
         if not cache:
             for pos, pixels in batches(X):
-                out[pos] = self._extractor()(pixels, flip=flip)
-            return out
+                out[pos + offset] = self._extractor()(pixels, flip=flip)
+            return
         store = feature_store(self.spec_, self.preprocessing, flip)
         keys = row_keys(X)
-        found, missing = store.get(keys)
-        for i, row in found.items():
-            out[i] = row
-        todo = np.asarray(missing, np.int64)
+
+        def found(pos: np.ndarray, rows: np.ndarray) -> None:
+            out[pos + offset] = rows
+
+        todo = np.asarray(store.copy_into(keys, found), np.int64)
         for pos, pixels in batches(take(X, todo), BATCH_ROWS * 4):
             new = self._extractor()(pixels, flip=flip)
-            out[todo[pos]] = new
+            out[todo[pos] + offset] = new
             store.put([keys[i] for i in todo[pos]], new)
-        return out
 
     def _views(self, X: np.ndarray, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, features) from (cached) backbone features, each averaged over the TTA views: what
@@ -401,10 +468,36 @@ class FinetuneNet(nn.Module):
 
 # -- the linear head ----------------------------------------------------------------------------------------
 
-def fit_linear_head(feats: np.ndarray, y: np.ndarray, n_classes: int, groups: np.ndarray,
+def fit_linear_head(feats: np.ndarray | RowFile, y: np.ndarray, n_classes: int, groups: np.ndarray,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Multinomial logistic regression on standardised features, C by grouped stratified k-fold CV (log-loss)
-    on the training rows only; returned as one (n_classes, d) weight matrix + bias acting on raw features."""
+    on the training rows only; returned as one (n_classes, d) weight matrix + bias acting on raw features.
+
+    Up to HEAD_IN_MEMORY rows everything happens in memory (scikit-learn). Beyond, memory must not grow with
+    the rows: C is chosen by the same cross-validation on a seeded sample of HEAD_IN_MEMORY rows (whole
+    groups, every class), and the head at that C is fitted on every row read from `feats` a batch at a time
+    (`streamed_logistic`, scikit-learn's objective). C multiplies the summed loss, so the C chosen on the
+    sample regularises the full fit less, as more data allows."""
+    if len(y) <= HEAD_IN_MEMORY:
+        return _fit_linear_head_in_memory(all_rows(feats), y, n_classes, groups, seed)
+    mean, scale = row_moments(feats)
+    sample = head_sample(y, groups, HEAD_IN_MEMORY, seed)
+    Zs = (all_rows(feats)[sample] if isinstance(feats, np.ndarray) else feats.take(sample)) - mean
+    Zs = (Zs / scale).astype(np.float32)
+    best_C, cv_accuracy = 1.0, float("nan")
+    chosen = cross_validated_head(Zs, y[sample], n_classes, groups[sample], seed)
+    del Zs
+    if chosen is not None:
+        best_C, proba = chosen
+        cv_accuracy = float((proba.argmax(1) == y[sample]).mean())
+    coef, intercept, classes = streamed_logistic(feats, y, best_C, mean, scale)
+    weight, bias = raw_head(coef, intercept, classes, mean, scale, n_classes)
+    return weight, bias, best_C, cv_accuracy
+
+
+def _fit_linear_head_in_memory(feats: np.ndarray, y: np.ndarray, n_classes: int, groups: np.ndarray,
+                               seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """fit_linear_head on an in-memory table: scikit-learn throughout."""
     from sklearn.linear_model import LogisticRegression
 
     mean = feats.mean(axis=0)
@@ -416,19 +509,126 @@ def fit_linear_head(feats: np.ndarray, y: np.ndarray, n_classes: int, groups: np
         best_C, proba = chosen
         cv_accuracy = float((proba.argmax(1) == y).mean())
     clf = LogisticRegression(C=best_C, max_iter=2000, tol=1e-5).fit(Z, y)
-    coef = np.zeros((n_classes, Z.shape[1]))
-    intercept = np.zeros(n_classes)
-    if len(clf.classes_) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) == sigmoid(z)
-        coef[clf.classes_] = np.stack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
-        intercept[clf.classes_] = [-clf.intercept_[0] / 2, clf.intercept_[0] / 2]
-        absent = np.setdiff1d(np.arange(n_classes), clf.classes_)
+    weight, bias = raw_head(clf.coef_, clf.intercept_, clf.classes_, mean, scale, n_classes)
+    return weight, bias, best_C, cv_accuracy
+
+
+def raw_head(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, mean: np.ndarray,
+             scale: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A logistic regression on standardised features (scikit-learn's coef_/intercept_/classes_ layout) as
+    one (n_classes, d) float32 weight + bias acting on raw features; absent classes are never predicted."""
+    out_coef = np.zeros((n_classes, coef.shape[1]))
+    out_intercept = np.zeros(n_classes)
+    if len(classes) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) == sigmoid(z)
+        out_coef[classes] = np.stack([-coef[0] / 2, coef[0] / 2])
+        out_intercept[classes] = [-intercept[0] / 2, intercept[0] / 2]
     else:
-        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
-        absent = np.setdiff1d(np.arange(n_classes), clf.classes_)
-    intercept[absent] = -30.0  # classes without training pictures are never predicted
-    weight = coef / scale
-    bias = intercept - weight @ mean
-    return weight.astype(np.float32), bias.astype(np.float32), best_C, cv_accuracy
+        out_coef[classes], out_intercept[classes] = coef, intercept
+    absent = np.setdiff1d(np.arange(n_classes), classes)
+    out_intercept[absent] = -30.0  # classes without training pictures are never predicted
+    weight = out_coef / scale
+    bias = out_intercept - weight @ mean
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def fit_head_at(rows: np.ndarray | RowFile, y: np.ndarray, idx: np.ndarray, C: float, n_classes: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The head at a given C on the rows `idx` (increasing) of `rows` (labels y[idx]), standardised by
+    their own mean and scale: in memory (scikit-learn) up to HEAD_IN_MEMORY rows, streamed beyond."""
+    if len(idx) <= HEAD_IN_MEMORY:
+        from sklearn.linear_model import LogisticRegression
+
+        F = rows.take(idx) if isinstance(rows, RowFile) else np.asarray(rows)[idx]
+        mean, scale = F.mean(0), F.std(0) + 1e-6
+        clf = LogisticRegression(C=C, max_iter=2000).fit((F - mean) / scale, y[idx])
+        return raw_head(clf.coef_, clf.intercept_, clf.classes_, mean, scale, n_classes)
+    mean, scale = row_moments(rows, idx)
+    coef, intercept, classes = streamed_logistic(rows, y, C, mean, scale, idx, tol=1e-4)
+    return raw_head(coef, intercept, classes, mean, scale, n_classes)
+
+
+def row_moments(rows: np.ndarray | RowFile, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std + 1e-6) of the rows (or rows `idx`) in one streamed pass, float64 sums (shifted by the first
+    row, so large means do not cancel the variance)."""
+    total, squares, n = 0.0, 0.0, 0
+    shift: np.ndarray | None = None
+    for _, F in row_batches(rows, STREAM_ROWS, idx):
+        F = F.astype(np.float64)
+        shift = F[0].copy() if shift is None else shift
+        F -= shift
+        total, squares, n = total + F.sum(0), squares + (F * F).sum(0), n + len(F)
+    assert shift is not None
+    mean = total / n
+    return shift + mean, np.sqrt(np.maximum(squares / n - mean * mean, 0)) + 1e-6
+
+
+def head_sample(y: np.ndarray, groups: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Increasing row positions of a seeded sample of whole groups (a picture and its mirrored copy stay
+    together), about `limit` rows, each class in its share of the groups (at least 10 groups where it has
+    them, so the cross-validation sees every class)."""
+    rng = np.random.default_rng(seed)
+    first = np.unique(groups, return_index=True)[1]  # one row per group: its label
+    unique_groups, labels = groups[first], y[first]
+    per_group = len(y) / len(unique_groups)
+    want = limit / per_group / len(unique_groups)
+    chosen = []
+    for c in np.unique(labels):
+        members = unique_groups[labels == c]
+        k = min(len(members), max(10, int(round(want * len(members)))))
+        chosen.append(rng.choice(members, k, replace=False))
+    return np.flatnonzero(np.isin(groups, np.concatenate(chosen)))
+
+
+def streamed_logistic(rows: np.ndarray | RowFile, y: np.ndarray, C: float, mean: np.ndarray,
+                      scale: np.ndarray, idx: np.ndarray | None = None, tol: float = 1e-5,
+                      max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coef_, intercept_, classes_) of scikit-learn's LogisticRegression(C, lbfgs) on (rows - mean) / scale,
+    the rows (or rows `idx`, increasing) read STREAM_ROWS at a time for every evaluation of the objective:
+    memory is one batch, whatever the number of rows.
+
+    The objective is scikit-learn's: mean log-loss + ||W||^2 / (2 C n), the intercept not penalised, binary
+    (one logit) for two classes and multinomial beyond; L-BFGS-B with scikit-learn's gradient tolerance.
+    Standardisation is folded into the weights (z = x @ (W / scale).T + b - (W / scale) @ mean), so no
+    standardised copy of a batch is made."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, logsumexp
+
+    positions = np.arange(len(rows)) if idx is None else np.asarray(idx, np.int64)
+    classes = np.unique(y[positions])
+    code = np.searchsorted(classes, y)  # per row: its class's place among the present ones
+    n, d = len(positions), rows.shape[1]
+    out = 1 if len(classes) == 2 else len(classes)
+    inv = 1.0 / scale
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W, b = theta[:out * d].reshape(out, d), theta[out * d:]
+        Wr = W * inv
+        br = b - Wr @ mean
+        loss, A, G = 0.0, np.zeros((out, d)), np.zeros(out)
+        for pos, F in row_batches(rows, STREAM_ROWS, idx):
+            F = F.astype(np.float64)
+            z, t = F @ Wr.T + br, code[pos]
+            if out == 1:
+                sign = 2.0 * t - 1.0  # +1 for the second class
+                margin = sign * z[:, 0]
+                loss += float(np.logaddexp(0, -margin).sum())
+                g = (-sign * expit(-margin))[:, None]
+            else:
+                lse = logsumexp(z, axis=1)
+                loss += float((lse - z[np.arange(len(t)), t]).sum())
+                g = np.exp(z - lse[:, None])
+                g[np.arange(len(t)), t] -= 1.0
+            A += g.T @ F
+            G += g.sum(0)
+        grad_W = (A - G[:, None] * mean) * inv / n + W / (C * n)
+        value = loss / n + float((W * W).sum()) / (2 * C * n)
+        return value, np.concatenate([grad_W.ravel(), G / n])
+
+    result = minimize(objective, np.zeros(out * d + out), jac=True, method="L-BFGS-B",
+                      options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                               "ftol": 64 * np.finfo(float).eps})
+    theta = result.x
+    return theta[:out * d].reshape(out, d), theta[out * d:], classes
 
 
 def cross_validated_head(Z: np.ndarray, y: np.ndarray, n_classes: int, groups: np.ndarray | None = None,
@@ -463,6 +663,16 @@ def _full_proba(clf: Any, Z: np.ndarray, n_classes: int) -> np.ndarray:
     p = np.zeros((len(Z), n_classes))
     p[:, clf.classes_] = clf.predict_proba(Z)
     return p
+
+
+def mean_of_views(rows: RowFile, n: int, views: int) -> RowFile:
+    """A RowFile of n rows, each the mean of a picture's `views` rows in `rows` (picture i at i, n + i, ...):
+    the features the inference module averages over its TTA views, computed a batch at a time."""
+    out = RowFile(n, rows.shape[1], rows.dir)
+    for start in range(0, n, STREAM_ROWS):
+        stop = min(start + STREAM_ROWS, n)
+        out[start:stop] = sum(rows.read(start + v * n, stop + v * n) for v in range(views)) / views
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
