@@ -376,14 +376,8 @@ def next_segment_name(last: str | None) -> str:
 
 def valid_index(pool_dir: Path) -> dict[str, Entry]:
     """index.json plus index.log, minus entries the segments do not hold (a damaged index, a truncated or
-    evicted segment); a torn last log line is ignored."""
-    raw = _read_index_json(pool_dir / "index.json")
-    try:
-        log = (pool_dir / "index.log").read_bytes()
-    except OSError:
-        log = b""
-    raw.update(_log_lines(log)[0])
-    return _validated(raw, segment_sizes(pool_dir))
+    evicted segment); a torn last log line is ignored. The same reading a writer keeps current."""
+    return IndexReader(pool_dir).refresh()
 
 
 def last_line_end(path: Path, size: int, block: int = 1 << 16) -> int:
